@@ -1,0 +1,5 @@
+"""Allow ``python -m bluegreen``."""
+
+from bluegreen.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Every error bluegreen raises on purpose.
+
+One base class, never raised directly; one family per area. Library errors
+(asyncpg, OSError, aiohttp) are translated into these at the boundary, with the
+original kept as ``__cause__``. Messages say what went wrong, where, and what
+to do next.
+"""
+
+from __future__ import annotations
+
+
+class BluegreenError(Exception):
+    """Something bluegreen refused to do or could not do."""
+
+
+class UsageError(BluegreenError):
+    """The command line or a request asked for something that cannot be done."""
+
+
+class ConfigError(BluegreenError):
+    """The configuration is invalid; ``key`` names the offending path."""
+
+    def __init__(self, key: str, problem: str, *, source: str | None = None) -> None:
+        self.key = key
+        self.problem = problem
+        self.source = source
+        where = f"{source}: " if source else ""
+        at = f"{key}: " if key else ""
+        super().__init__(f"{where}{at}{problem}")
+
+
+class StateError(BluegreenError):
+    """The state store could not be read or written."""
+
+
+class StateConflictError(StateError):
+    """A compare-and-set lost: someone else wrote the state first."""
+
+    def __init__(self, expected: int, found: int) -> None:
+        self.expected = expected
+        self.found = found
+        super().__init__(
+            f"state changed underneath: expected version {expected}, found {found}. "
+            "Re-read the state and try again."
+        )
+
+
+class IllegalTransitionError(BluegreenError):
+    """The rollout cannot take this event in its current phase."""
+
+    def __init__(self, phase: str, event: str, detail: str = "") -> None:
+        self.phase = phase
+        self.event = event
+        suffix = f"; {detail}" if detail else ""
+        super().__init__(f'cannot {event}: rollout phase is "{phase}"{suffix}')
+
+
+class UpstreamError(BluegreenError):
+    """An upstream server could not answer; ``status_hint`` is what the client gets."""
+
+    status_hint = 502
+
+    def __init__(self, colour: str, server: str, detail: str = "") -> None:
+        self.colour = colour
+        self.server = server
+        suffix = f": {detail}" if detail else ""
+        super().__init__(f"{colour} upstream {server}{suffix}")
+
+
+class UpstreamConnectError(UpstreamError):
+    """The upstream refused or reset the connection before the request was sent."""
+
+    status_hint = 502
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The upstream did not connect or answer within the configured timeout."""
+
+    status_hint = 504
+
+
+class MigrationError(BluegreenError):
+    """A migration could not be loaded, checked or applied."""
+
+    def __init__(self, message: str, *, migration: str | None = None) -> None:
+        self.migration = migration
+        super().__init__(message)
+
+
+class MigrationFileError(MigrationError):
+    """A migration file is malformed; the message starts with file:line."""
+
+
+class MigrationLockTimeoutError(MigrationError):
+    """DDL kept hitting lock_timeout (SQLSTATE 55P03) after every retry."""
+
+
+class ChecksumMismatchError(MigrationError):
+    """An applied migration's file changed since it was applied."""
+
+
+class RunnerLockError(MigrationError):
+    """Another migration runner holds the advisory lock."""
+
+
+class HazardError(MigrationError):
+    """The linter found hazards and the run was not told to allow them."""
