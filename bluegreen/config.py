@@ -365,9 +365,7 @@ def _parse_routing(s: _Section) -> RoutingConfig:
     sticky = StickyConfig(
         header=sticky_s.get("header", lambda v, k: _parse_token_name(v, k, "header"), None),
         cookie=sticky_s.get("cookie", lambda v, k: _parse_token_name(v, k, "cookie"), None),
-        own_cookie=sticky_s.get(
-            "own_cookie", lambda v, k: _parse_token_name(v, k, "cookie"), None
-        ),
+        own_cookie=sticky_s.get("own_cookie", lambda v, k: _parse_token_name(v, k, "cookie"), None),
         own_cookie_max_age=sticky_s.get(
             "own_cookie_max_age", parse_duration, d.sticky.own_cookie_max_age
         ),
@@ -396,7 +394,9 @@ def _parse_routing(s: _Section) -> RoutingConfig:
 
 def _parse_timeouts(s: _Section) -> TimeoutsConfig:
     d = TimeoutsConfig()
-    values = {f.name: s.get(f.name, parse_duration, getattr(d, f.name)) for f in dataclasses.fields(d)}
+    values = {
+        f.name: s.get(f.name, parse_duration, getattr(d, f.name)) for f in dataclasses.fields(d)
+    }
     s.finish()
     for name in ("connect", "upstream_read", "client_header", "client_keepalive"):
         if values[name] <= 0:
@@ -487,8 +487,7 @@ def _interpolate_tree(node: object, path: str, env: Mapping[str, str]) -> object
         return [_interpolate_tree(v, f"{path}[{i}]", env) for i, v in enumerate(node)]
     if isinstance(node, dict):
         return {
-            k: _interpolate_tree(v, f"{path}.{k}" if path else str(k), env)
-            for k, v in node.items()
+            k: _interpolate_tree(v, f"{path}.{k}" if path else str(k), env) for k, v in node.items()
         }
     return node
 
@@ -500,7 +499,7 @@ class _StrictLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[object] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         if key in seen:
             line = key_node.start_mark.line + 1
             raise ConfigError(str(key), f"duplicate key (line {line})")
@@ -519,7 +518,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     except OSError as exc:
         raise ConfigError("", f"cannot read config file: {exc.strerror}", source=source) from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506  # _StrictLoader is a SafeLoader
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506  # a SafeLoader subclass
     except ConfigError as exc:
         raise ConfigError(exc.key, exc.problem, source=source) from None
     except yaml.YAMLError as exc:

@@ -67,10 +67,10 @@ def percent_to_bp(percent: float) -> int:
     if isinstance(percent, bool) or not isinstance(percent, int | float):
         raise ValueError(f"expected a number between 0 and 100, got {percent!r}")
     if not 0 <= percent <= 100:
-        raise ValueError(f"weight {percent} out of range; use 0..100 (percent)")
+        raise ValueError(f"weight {percent:g} out of range; use 0..100 (percent)")
     bp = round(percent * 100)
     if abs(bp - percent * 100) > 1e-6:
-        raise ValueError(f"weight {percent} is finer than the 0.01 % resolution")
+        raise ValueError(f"weight {percent:g} is finer than the 0.01 % resolution")
     return bp
 
 
@@ -118,15 +118,18 @@ class Router:
     def set_weights(
         self, green_bp: int, *, salt: bytes | None = None, mirror_bp: int | None = None
     ) -> None:
-        """Apply new weights (basis points); ``None`` keeps the current value."""
+        """Apply new weights (basis points); ``None`` keeps the current value.
+
+        Validates everything before changing anything.
+        """
         if not 0 <= green_bp <= BASIS_POINTS:
             raise ValueError(f"green weight {green_bp} bp out of range 0..{BASIS_POINTS}")
+        if mirror_bp is not None and not 0 <= mirror_bp <= BASIS_POINTS:
+            raise ValueError(f"mirror share {mirror_bp} bp out of range 0..{BASIS_POINTS}")
         self.green_bp = green_bp
         if salt is not None:
             self.salt = salt
         if mirror_bp is not None:
-            if not 0 <= mirror_bp <= BASIS_POINTS:
-                raise ValueError(f"mirror share {mirror_bp} bp out of range 0..{BASIS_POINTS}")
             self.mirror_bp = mirror_bp
 
     def choose(

@@ -1,0 +1,241 @@
+"""Migration files: discovery, parsing and validation.
+
+A migration is one plain SQL file named ``<version>_<name>.sql`` (the version
+is a number: ``0001`` or a timestamp ``20240101120000``). The format is close to
+dbmate's, with a phase header::
+
+    -- bluegreen:phase expand
+    -- bluegreen:up
+    ALTER TABLE orders ADD COLUMN status_code varchar(20);
+
+    -- bluegreen:down
+    ALTER TABLE orders DROP COLUMN status_code;
+
+Directives are comment lines ``-- bluegreen:<name> [arguments]``:
+
+``phase expand|migrate|contract``  required, in the header (before ``up``)
+``irreversible <reason>``          header; says on purpose that there is no down
+``lock-timeout <duration>``        header; overrides the runner's lock_timeout
+``statement-timeout <duration>``   header; overrides the runner's statement_timeout
+``up`` / ``down``                  start the sections; ``up`` once, ``down`` at most once
+``backfill [key=COL] [batch-size=N] [pause=DURATION]``
+                                   inside a section, before an UPDATE: run it in batches
+``ignore <rule-id> <reason>``      inside a section, before (or on the line of) a
+                                   statement: silence one lint finding
+
+A file without a down section is irreversible; ``status`` and ``plan`` say so.
+Every problem raises :class:`MigrationFileError` starting with ``file:line``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Final
+
+from bluegreen.errors import MigrationFileError
+
+DIRECTIVE_PREFIX: Final = "bluegreen:"
+_DIRECTIVE_LINE = re.compile(r"^\s*--\s*bluegreen:([A-Za-z][A-Za-z0-9_-]*)\s*(.*?)\s*$")
+_FILE_NAME = re.compile(r"^(\d+)_([A-Za-z0-9][A-Za-z0-9_.-]*)\.sql$")
+HEADER_DIRECTIVES: Final = frozenset({"phase", "irreversible", "lock-timeout", "statement-timeout"})
+SECTION_DIRECTIVES: Final = frozenset({"up", "down"})
+STATEMENT_DIRECTIVES: Final = frozenset({"backfill", "ignore"})
+
+
+class Phase(StrEnum):
+    """Expand-migrate-contract: the order phases run in during a rollout."""
+
+    EXPAND = "expand"
+    MIGRATE = "migrate"
+    CONTRACT = "contract"
+
+
+@dataclass(frozen=True, slots=True)
+class Directive:
+    """One ``-- bluegreen:name args`` comment and where it is."""
+
+    name: str
+    args: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """The SQL of an up or down section and the file line it starts on."""
+
+    sql: str
+    first_line: int
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationFile:
+    """A parsed migration file."""
+
+    version: int
+    name: str
+    path: Path
+    phase: Phase
+    up: Section
+    down: Section | None
+    checksum: str
+    irreversible_reason: str | None = None
+    lock_timeout: str | None = None
+    statement_timeout: str | None = None
+    header: tuple[Directive, ...] = field(default=())
+
+    @property
+    def label(self) -> str:
+        """The file name without ``.sql`` (``0001_add_status_code``)."""
+        return self.path.stem
+
+    @property
+    def reversible(self) -> bool:
+        """Whether the migration has a down section."""
+        return self.down is not None
+
+
+def checksum_of(text: str) -> str:
+    """SHA-256 of the file text with line endings normalised to LF."""
+    normalised = text.replace("\r\n", "\n").replace("\r", "\n")
+    return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
+
+
+def parse_directive(line: str) -> tuple[str, str] | None:
+    """``(name, args)`` if the line is a bluegreen directive comment, else None."""
+    match = _DIRECTIVE_LINE.match(line)
+    if match is None:
+        return None
+    return match.group(1).lower(), match.group(2)
+
+
+def _is_sql_content(line: str) -> bool:
+    stripped = line.strip()
+    return bool(stripped) and not stripped.startswith("--")
+
+
+def parse_migration(path: Path, text: str | None = None) -> MigrationFile:
+    """Parse one migration file (``text`` defaults to reading ``path``)."""
+    match = _FILE_NAME.match(path.name)
+    if match is None:
+        raise MigrationFileError(
+            f"{path}:1: file name must be <version>_<name>.sql, e.g. 0001_add_status_code.sql",
+            migration=path.name,
+        )
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MigrationFileError(f"{path}:1: cannot read: {exc}", migration=path.name) from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+    def fail(line_no: int, problem: str) -> MigrationFileError:
+        return MigrationFileError(f"{path}:{line_no}: {problem}", migration=path.stem)
+
+    header: list[Directive] = []
+    sections: dict[str, tuple[int, list[str]]] = {}
+    current: str | None = None
+    for index, line in enumerate(lines):
+        line_no = index + 1
+        parsed = parse_directive(line)
+        if parsed is None:
+            if current is None:
+                if _is_sql_content(line):
+                    raise fail(line_no, "SQL before '-- bluegreen:up'; put statements in a section")
+            else:
+                sections[current][1].append(line)
+            continue
+        name, args = parsed
+        if name in SECTION_DIRECTIVES:
+            if args:
+                raise fail(line_no, f"'-- bluegreen:{name}' takes no arguments, got {args!r}")
+            if name in sections:
+                raise fail(line_no, f"second '-- bluegreen:{name}' section; a file has one")
+            if name == "down" and "up" not in sections:
+                raise fail(line_no, "'-- bluegreen:down' before '-- bluegreen:up'")
+            current = name
+            sections[name] = (line_no + 1, [])
+        elif name in HEADER_DIRECTIVES:
+            if current is not None:
+                raise fail(line_no, f"'-- bluegreen:{name}' belongs in the header, before 'up'")
+            header.append(Directive(name, args, line_no))
+        elif name in STATEMENT_DIRECTIVES:
+            if current is None:
+                raise fail(line_no, f"'-- bluegreen:{name}' must be inside the up or down section")
+            sections[current][1].append(line)
+        else:
+            known = ", ".join(sorted(HEADER_DIRECTIVES | SECTION_DIRECTIVES | STATEMENT_DIRECTIVES))
+            raise fail(line_no, f"unknown directive '-- bluegreen:{name}'; known: {known}")
+
+    values: dict[str, Directive] = {}
+    for directive in header:
+        if directive.name in values:
+            raise fail(directive.line, f"'-- bluegreen:{directive.name}' given twice")
+        values[directive.name] = directive
+    phase_directive = values.get("phase")
+    if phase_directive is None:
+        raise fail(1, "no phase; start the file with '-- bluegreen:phase expand|migrate|contract'")
+    try:
+        phase = Phase(phase_directive.args.lower())
+    except ValueError:
+        raise fail(
+            phase_directive.line,
+            f"unknown phase {phase_directive.args!r}; use expand, migrate or contract",
+        ) from None
+    if "up" not in sections:
+        raise fail(len(lines), "no '-- bluegreen:up' section")
+    up_line, up_lines = sections["up"]
+    up = Section("\n".join(up_lines), up_line)
+    if not any(_is_sql_content(line) for line in up_lines):
+        raise fail(up_line - 1, "the up section is empty")
+    down: Section | None = None
+    if "down" in sections:
+        down_line, down_lines = sections["down"]
+        if any(_is_sql_content(line) for line in down_lines):
+            down = Section("\n".join(down_lines), down_line)
+    irreversible = values.get("irreversible")
+    if irreversible is not None:
+        if down is not None:
+            raise fail(irreversible.line, "marked irreversible but has a down section; pick one")
+        if not irreversible.args:
+            raise fail(irreversible.line, "'-- bluegreen:irreversible' needs a reason")
+    for option in ("lock-timeout", "statement-timeout"):
+        if option in values and not values[option].args:
+            raise fail(values[option].line, f"'-- bluegreen:{option}' needs a duration like 5s")
+    return MigrationFile(
+        version=int(match.group(1)),
+        name=match.group(2),
+        path=path,
+        phase=phase,
+        up=up,
+        down=down,
+        checksum=checksum_of(text),
+        irreversible_reason=irreversible.args if irreversible else None,
+        lock_timeout=values["lock-timeout"].args if "lock-timeout" in values else None,
+        statement_timeout=(
+            values["statement-timeout"].args if "statement-timeout" in values else None
+        ),
+        header=tuple(header),
+    )
+
+
+def load_directory(directory: Path) -> list[MigrationFile]:
+    """All migrations of a directory, ordered by version; duplicates are errors."""
+    if not directory.is_dir():
+        raise MigrationFileError(
+            f"{directory}: migrations directory not found; create it or pass --dir",
+        )
+    migrations = [parse_migration(p) for p in sorted(directory.glob("*.sql")) if p.is_file()]
+    migrations.sort(key=lambda m: m.version)
+    for previous, current in itertools.pairwise(migrations):
+        if previous.version == current.version:
+            raise MigrationFileError(
+                f"{current.path}:1: duplicate version {current.version} "
+                f"(also {previous.path.name}); give each migration its own version",
+                migration=current.label,
+            )
+    return migrations
