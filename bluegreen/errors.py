@@ -17,6 +17,15 @@ class UsageError(BluegreenError):
     """The command line or a request asked for something that cannot be done."""
 
 
+class InvalidFieldError(UsageError, ValueError):
+    """A value is malformed or out of range; ``field`` names it (the admin API answers 422)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
 class ConfigError(BluegreenError):
     """The configuration is invalid; ``key`` names the offending path."""
 
@@ -43,6 +52,10 @@ class StateConflictError(StateError):
             f"state changed underneath: expected version {expected}, found {found}. "
             "Re-read the state and try again."
         )
+
+
+class RolloutRecordError(StateError):
+    """The stored rollout record is corrupt or was written by an incompatible version."""
 
 
 class IllegalTransitionError(BluegreenError):
@@ -79,6 +92,16 @@ class UpstreamTimeoutError(UpstreamError):
     status_hint = 504
 
 
+class UpstreamBusyError(UpstreamError):
+    """Every pooled connection to the server is busy and its wait queue is full."""
+
+    status_hint = 503
+
+    def __init__(self, colour: str, server: str, detail: str = "") -> None:
+        self.detail = detail
+        super().__init__(colour, server, detail)
+
+
 class MigrationError(BluegreenError):
     """A migration could not be loaded, checked or applied."""
 
@@ -105,3 +128,33 @@ class RunnerLockError(MigrationError):
 
 class HazardError(MigrationError):
     """The linter found hazards and the run was not told to allow them."""
+
+
+class MigrationOrderError(MigrationError):
+    """Running the pending migrations now would apply one out of order."""
+
+
+class MigrationStatementError(MigrationError):
+    """A statement of a migration failed; ``sqlstate`` is PostgreSQL's error code."""
+
+    def __init__(
+        self, message: str, *, migration: str | None = None, sqlstate: str | None = None
+    ) -> None:
+        self.sqlstate = sqlstate
+        super().__init__(message, migration=migration)
+
+
+class MigrationConnectError(MigrationError):
+    """The migration runner could not connect to (or lost) its PostgreSQL database."""
+
+
+class BackfillError(MigrationError):
+    """A batched backfill could not run or stopped early; a rerun resumes after its last batch."""
+
+
+class BackfillThrottledError(BackfillError):
+    """Replication lag, lock waits or lock timeouts stayed above the backfill's bounds too long."""
+
+
+class BackfillInterruptedError(BackfillError):
+    """The backfill was asked to stop between two batches; a rerun resumes where it stopped."""
