@@ -113,6 +113,8 @@ class TimeoutsConfig:
     client_header: float = 30.0
     client_body: float = 60.0
     client_keepalive: float = 75.0
+    # nginx send_timeout: a client that reads none of its response for this long is cut.
+    client_send: float = 60.0
     drain: float = 30.0
 
 
@@ -398,7 +400,15 @@ def _parse_timeouts(s: _Section) -> TimeoutsConfig:
         f.name: s.get(f.name, parse_duration, getattr(d, f.name)) for f in dataclasses.fields(d)
     }
     s.finish()
-    for name in ("connect", "upstream_read", "client_header", "client_keepalive"):
+    must_be_positive = (
+        "connect",
+        "upstream_read",
+        "client_header",
+        "client_body",
+        "client_keepalive",
+        "client_send",
+    )
+    for name in must_be_positive:
         if values[name] <= 0:
             raise ConfigError(s.key(name), "must be greater than 0")
     return TimeoutsConfig(**values)

@@ -1,0 +1,64 @@
+"""``bluegreen serve``: run the blue/green proxy in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bluegreen.config import Config, load_config, require_upstreams, with_overrides
+
+
+def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private
+    """Add the ``serve`` command."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "serve",
+        help="run the blue/green proxy",
+        description=(
+            "Run the proxy in the foreground. Flags override the config file, so "
+            "`bluegreen serve --listen 127.0.0.1:8080 --blue 127.0.0.1:9001 "
+            "--green 127.0.0.1:9002` works without one. SIGTERM or SIGINT drains "
+            "in-flight requests (timeouts.drain) and exits 0."
+        ),
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML config file")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="proxy address (listeners.proxy)")
+    parser.add_argument(
+        "--blue",
+        metavar="HOST:PORT",
+        action="append",
+        help="a blue server; repeat for several (upstreams.blue.servers)",
+    )
+    parser.add_argument(
+        "--green",
+        metavar="HOST:PORT",
+        action="append",
+        help="a green server; repeat for several (upstreams.green.servers)",
+    )
+    parser.add_argument(
+        "--green-weight",
+        metavar="PERCENT",
+        help="share of traffic for green, 0..100 in 0.01 steps (routing.green_weight)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """The config file (or defaults) with the command-line flags applied and checked."""
+    config = load_config(args.config) if args.config else Config()
+    config = with_overrides(
+        config,
+        listen=args.listen,
+        blue=args.blue,
+        green=args.green,
+        green_weight=args.green_weight,
+    )
+    require_upstreams(config)
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler: serve until a signal; the exit code of the drain."""
+    config = build_config(args)
+    from bluegreen.serve import run as serve  # the data plane loads only for this command
+
+    return serve(config)

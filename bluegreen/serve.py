@@ -1,0 +1,113 @@
+"""``bluegreen serve``: wire config, logging, the proxy and signals together.
+
+SIGTERM or SIGINT starts a drain: stop accepting, close idle keep-alive
+connections, let in-flight requests finish (their responses say
+``Connection: close``) for up to ``timeouts.drain``, then exit 0. A second
+signal during the drain cuts what is left and exits 1.
+
+uvloop is used when it is installed (``pip install bluegreen[fast]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+from typing import IO
+
+import structlog
+
+from bluegreen.config import Config
+from bluegreen.logs import AccessLog, ThreadedWriter, configure_logging
+from bluegreen.proxy import ProxyServer
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+
+log = structlog.get_logger("bluegreen.serve")
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop factory when uvloop is installed, else None (asyncio's default)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT and a drain; return the process exit code."""
+    configure_logging()
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(serve(config))
+
+
+def _open_access_log(config: Config) -> tuple[IO[bytes] | None, ThreadedWriter | None]:
+    if not config.access_log.enabled:
+        return None, None
+    path = config.access_log.path
+    stream: IO[bytes] = (
+        sys.stdout.buffer if path == "-" else open(path, "ab")  # noqa: SIM115  # closed in serve()
+    )
+    return (None if path == "-" else stream), ThreadedWriter(stream)
+
+
+async def serve(config: Config, *, ready: Callable[[ProxyServer], None] | None = None) -> int:
+    """Run the proxy in the current loop until a signal; drain; return the exit code."""
+    loop = asyncio.get_running_loop()
+    own_stream, writer = _open_access_log(config)
+    access_log = AccessLog(writer.write, loop=loop) if writer is not None else None
+    proxy = ProxyServer(config, access_log=access_log)
+    if writer is not None:
+        proxy.metrics.access_log_dropped = lambda: writer.dropped
+    stop = asyncio.Event()
+    signals_seen: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals_seen.append(signum)
+        stop.set()
+
+    try:
+        await proxy.start()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        host, port = proxy.address
+        log.info(
+            "proxy_listening",
+            address=f"{host}:{port}",
+            blue=[str(a) for a in config.upstreams["blue"].servers],
+            green=[str(a) for a in config.upstreams["green"].servers],
+            green_weight_percent=config.routing.green_weight_bp / 100,
+            event_loop=type(loop).__module__.split(".")[0],
+        )
+        if ready is not None:
+            ready(proxy)
+        await stop.wait()
+        log.info(
+            "drain_started",
+            signal=signal.Signals(signals_seen[0]).name,
+            timeout_s=config.timeouts.drain,
+            connections=len(proxy.connections),
+        )
+        stop.clear()
+        drain = asyncio.ensure_future(proxy.drain(config.timeouts.drain))
+        forced = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
+        if not drain.done():
+            log.warning("drain_forced", connections=len(proxy.connections))
+            drain.cancel()
+            await proxy.stop()
+            return EXIT_FORCED
+        forced.cancel()
+        log.info("proxy_stopped", drained=drain.result())
+        return EXIT_OK
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        if writer is not None:
+            writer.close()
+        if own_stream is not None:
+            own_stream.close()

@@ -1,0 +1,275 @@
+"""``bluegreen serve`` as a real process: drain on signals, exit codes, uvloop, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from tests.integration.rawhttp import RawClient, get
+from tests.integration.upstreams import Upstream, start_upstream
+
+MB = 1024 * 1024
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServeProcess:
+    """A ``bluegreen serve`` subprocess and what it printed."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.stderr_lines: list[str] = []
+
+    @classmethod
+    async def start(cls, *args: str) -> ServeProcess:
+        port = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bluegreen", "serve", "--listen", f"127.0.0.1:{port}", *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        serve = cls(proc, port)
+        assert proc.stderr is not None
+        async with asyncio.timeout(20):
+            while True:
+                line = (await proc.stderr.readline()).decode()
+                if not line:
+                    raise AssertionError(f"serve exited early: {serve.stderr_lines}")
+                serve.stderr_lines.append(line)
+                if '"proxy_listening"' in line:
+                    return serve
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        """Resident memory of the process (VmRSS now, VmHWM peak) in KiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(field)
+
+    async def finish(self, within: float = 20) -> tuple[int, str, list[dict[str, object]]]:
+        """Wait for exit: (code, stdout, stderr events)."""
+        async with asyncio.timeout(within):
+            out, err = await self.proc.communicate()
+        lines = [*self.stderr_lines, *err.decode().splitlines(keepends=True)]
+        events = [json.loads(line) for line in lines if line.startswith("{")]
+        assert self.proc.returncode is not None
+        return self.proc.returncode, out.decode(), events
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+
+
+async def refuses_connections(port: int, within: float = 5) -> bool:
+    """Poll until connecting to ``port`` is refused (the listener closes asynchronously)."""
+    async with asyncio.timeout(within):
+        while True:
+            try:
+                probe = await RawClient.connect("127.0.0.1", port)
+            except ConnectionRefusedError:
+                return True
+            await probe.close()
+            await asyncio.sleep(0.01)
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def upstreams() -> AsyncIterator[tuple[Upstream, Upstream]]:
+    blue, green = await start_upstream("blue"), await start_upstream("green")
+    yield blue, green
+    await blue.close()
+    await green.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def served(upstreams: tuple[Upstream, Upstream]) -> AsyncIterator[ServeProcess]:
+    """One long-running proxy process (uvloop) shared by the read-only tests."""
+    blue, green = upstreams
+    serve = await ServeProcess.start("--blue", blue.address, "--green", green.address)
+    yield serve
+    serve.proc.send_signal(signal.SIGTERM)
+    await serve.finish()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_signal_drains_in_flight_requests_then_exits_0(
+    signum: signal.Signals, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    blue, green = upstreams
+    blue.held.clear()
+    blue.release.clear()
+    serve = await ServeProcess.start("--blue", blue.address, "--green", green.address)
+    try:
+        idle = await RawClient.connect("127.0.0.1", serve.port)
+        assert (await idle.request(get())).status == 200
+        busy = await RawClient.connect("127.0.0.1", serve.port)
+        await busy.send(get("/hold"))
+        await asyncio.wait_for(blue.held.wait(), 5)
+
+        serve.proc.send_signal(signum)
+        assert await idle.closed()  # idle keep-alive connections close at once
+        await idle.close()
+        assert await refuses_connections(serve.port)  # no longer accepting
+        blue.release.set()
+        response = await busy.response()
+        assert response.status == 200
+        assert response.body == b"released blue"
+        assert response.header("connection") == b"close"
+        await busy.close()
+        code, stdout, events = await serve.finish()
+    finally:
+        serve.kill()
+        blue.release.set()
+    assert code == 0
+    names = [e["event"] for e in events]
+    assert names[-2:] == ["drain_started", "proxy_stopped"]
+    assert events[-1]["drained"] is True
+    access = [json.loads(line) for line in stdout.splitlines()]
+    assert [a["path"] for a in access] == ["/", "/hold"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--blue", "127.0.0.1:1", "--green", "127.0.0.1:70000"], "--green[0]: port 70000"),
+        (["--blue", "127.0.0.1:1"], "upstreams.green.servers"),
+        (["--blue", "a:1", "--green", "b:2", "--green-weight", "150"], "--green-weight"),
+        (["--config", "{bad}"], "upstreams.green.servers[0]: port 70000 out of range"),
+        (["--config", "{unknown}"], "timeouts.conect: unknown key"),
+    ],
+    ids=["bad-port-flag", "missing-green", "weight-out-of-range", "bad-port-file", "typo"],
+)
+async def test_config_errors_exit_2_naming_the_key(
+    args: list[str], expected: str, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "upstreams:\n  blue: {servers: ['127.0.0.1:1']}\n  green: {servers: ['127.0.0.1:70000']}\n"
+    )
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("timeouts:\n  conect: 3s\n")
+    args = [a.format(bad=bad, unknown=unknown) for a in args]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bluegreen", "serve", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 2
+    assert expected in err.decode()
+
+
+async def test_address_in_use_exits_2(served: ServeProcess) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bluegreen", "serve", "--listen", f"127.0.0.1:{served.port}",
+        "--blue", "127.0.0.1:1", "--green", "127.0.0.1:2",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 2
+    assert "listeners.proxy: cannot listen" in err.decode()
+
+
+async def test_served_process_uses_uvloop(served: ServeProcess) -> None:
+    (listening,) = [line for line in served.stderr_lines if "proxy_listening" in line]
+    assert json.loads(listening)["event_loop"] == "uvloop"
+
+
+async def test_uvloop_head_pipelining_and_chunking(served: ServeProcess) -> None:
+    client = await RawClient.connect("127.0.0.1", served.port)
+    await client.send(
+        b"HEAD /head-body HTTP/1.1\r\nHost: h\r\n\r\n"
+        + get("/chunked/100000")
+        + b"POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"3\r\nabc\r\n0\r\n\r\n"
+        + get("/status/304")
+    )
+    head = await client.response(head=True)
+    assert head.header("content-length") == b"5"
+    chunked = await client.response()
+    assert (chunked.framing, len(chunked.body), chunked.complete) == ("chunked", 100000, True)
+    upload = await client.response()
+    assert b'"received": 3' in upload.body
+    assert (await client.response()).status == 304
+    await client.close()
+
+
+async def test_uvloop_websocket_and_sse(
+    served: ServeProcess, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    blue, _ = upstreams
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"http://127.0.0.1:{served.port}/ws") as ws,
+    ):
+        assert await ws.receive_str(timeout=5) == "hello from blue"
+        await ws.send_str("x")
+        assert await ws.receive_str(timeout=5) == "blue: x"
+    client = await RawClient.connect("127.0.0.1", served.port)
+    await client.send(get("/sse"))
+    await client.read_until(b"\r\n\r\n")
+    await blue.sse.put("one")
+    assert (await client.read_until(b"\n\n")).endswith(b"data: one\n\n")
+    await blue.sse.put(None)
+    await client.read_until(b"0\r\n\r\n")
+    await client.close()
+
+
+async def test_100_mb_through_the_process_keeps_its_memory_flat(served: ServeProcess) -> None:
+    before = served.rss_kib()
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(get(f"/bytes/{100 * MB}"))
+    await reader.readuntil(b"\r\n\r\n")
+    got = 0
+    async with asyncio.timeout(60):
+        while got < 100 * MB:
+            data = await reader.read(256 * 1024)
+            assert data
+            got += len(data)
+    writer.close()
+    await writer.wait_closed()
+    peak = served.rss_kib("VmHWM")
+    growth_mib = (peak - before) / 1024
+    assert growth_mib < 32, f"RSS grew {growth_mib:.1f} MiB while 100 MiB passed"
+
+
+async def test_access_log_lines_reach_stdout(
+    upstreams: tuple[Upstream, Upstream], tmp_path: Path
+) -> None:
+    blue, green = upstreams
+    log = tmp_path / "access.log"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"access_log:\n  path: {log}\n")
+    serve = await ServeProcess.start(
+        "--config", str(config), "--blue", blue.address, "--green", green.address
+    )
+    try:
+        client = await RawClient.connect("127.0.0.1", serve.port)
+        for i in range(3):
+            await client.request(get(f"/{i}"))
+        await client.close()
+        serve.proc.send_signal(signal.SIGTERM)
+        code, stdout, _ = await serve.finish()
+    finally:
+        serve.kill()
+    assert code == 0
+    assert stdout == ""
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["path"] for r in records] == ["/0", "/1", "/2"]
+    assert {r["colour"] for r in records} == {"blue"}
+    # Durations come from a clock finer than uvloop's millisecond loop time.
+    assert any(round(r["duration_s"] * 1e6) % 1000 for r in records)
