@@ -58,6 +58,27 @@ class RolloutRecordError(StateError):
     """The stored rollout record is corrupt or was written by an incompatible version."""
 
 
+class AdminError(BluegreenError):
+    """Talking to the admin API failed (the CLI's side of it)."""
+
+
+class AdminUnreachableError(AdminError):
+    """The admin API could not be reached: wrong URL, not running, or not answering."""
+
+
+class AdminRequestError(AdminError):
+    """The admin API refused a request; ``status`` and ``field`` say why."""
+
+    def __init__(
+        self, status: int, message: str, *, field: str | None = None, body: object = None
+    ) -> None:
+        self.status = status
+        self.field = field
+        self.body = body
+        where = f" ({field})" if field else ""
+        super().__init__(f"admin API answered {status}{where}: {message}")
+
+
 class IllegalTransitionError(BluegreenError):
     """The rollout cannot take this event in its current phase."""
 

@@ -17,6 +17,7 @@ Directives are comment lines ``-- bluegreen:<name> [arguments]``:
 ``irreversible <reason>``          header; says on purpose that there is no down
 ``lock-timeout <duration>``        header; overrides the runner's lock_timeout
 ``statement-timeout <duration>``   header; overrides the runner's statement_timeout
+                                   (durations: ``500ms``, ``2s``, ``5min``, ``1h``; ``0`` = none)
 ``up`` / ``down``                  start the sections; ``up`` once, ``down`` at most once
 ``backfill [key=COL] [batch-size=N] [pause=DURATION]``
                                    inside a section, before an UPDATE: run it in batches
@@ -42,6 +43,8 @@ from bluegreen.errors import MigrationFileError
 DIRECTIVE_PREFIX: Final = "bluegreen:"
 _DIRECTIVE_LINE = re.compile(r"^\s*--\s*bluegreen:([A-Za-z][A-Za-z0-9_-]*)\s*(.*?)\s*$")
 _FILE_NAME = re.compile(r"^(\d+)_([A-Za-z0-9][A-Za-z0-9_.-]*)\.sql$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|min|m|h)?$")
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, None: 1.0}
 HEADER_DIRECTIVES: Final = frozenset({"phase", "irreversible", "lock-timeout", "statement-timeout"})
 SECTION_DIRECTIVES: Final = frozenset({"up", "down"})
 STATEMENT_DIRECTIVES: Final = frozenset({"backfill", "ignore"})
@@ -98,6 +101,33 @@ class MigrationFile:
         """Whether the migration has a down section."""
         return self.down is not None
 
+    @property
+    def lock_timeout_seconds(self) -> float | None:
+        """The header's ``lock-timeout`` in seconds, or None when not given."""
+        return None if self.lock_timeout is None else parse_duration(self.lock_timeout)
+
+    @property
+    def statement_timeout_seconds(self) -> float | None:
+        """The header's ``statement-timeout`` in seconds, or None when not given."""
+        return None if self.statement_timeout is None else parse_duration(self.statement_timeout)
+
+    def section(self, direction: str) -> Section | None:
+        """The ``"up"`` or ``"down"`` section."""
+        if direction not in SECTION_DIRECTIVES:
+            raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
+        return self.up if direction == "up" else self.down
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``500ms``, ``2s``, ``5min`` (or ``5m``), ``1h``; a bare number is seconds.
+
+    Raises ValueError for anything else.
+    """
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise ValueError(f"expected a duration like 2s, 500ms or 5min, got {text!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
 
 def checksum_of(text: str) -> str:
     """SHA-256 of the file text with line endings normalised to LF."""
@@ -126,11 +156,17 @@ def parse_migration(path: Path, text: str | None = None) -> MigrationFile:
             f"{path}:1: file name must be <version>_<name>.sql, e.g. 0001_add_status_code.sql",
             migration=path.name,
         )
+    if int(match.group(1)) == 0:
+        raise MigrationFileError(
+            f"{path}:1: version 0 is reserved ('down --to 0' means before the first "
+            "migration); start at 1",
+            migration=path.stem,
+        )
     if text is None:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a BOM is not SQL
         except (OSError, UnicodeDecodeError) as exc:
-            raise MigrationFileError(f"{path}:1: cannot read: {exc}", migration=path.name) from None
+            raise MigrationFileError(f"{path}:1: cannot read: {exc}", migration=path.stem) from None
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
     def fail(line_no: int, problem: str) -> MigrationFileError:
@@ -204,8 +240,15 @@ def parse_migration(path: Path, text: str | None = None) -> MigrationFile:
         if not irreversible.args:
             raise fail(irreversible.line, "'-- bluegreen:irreversible' needs a reason")
     for option in ("lock-timeout", "statement-timeout"):
-        if option in values and not values[option].args:
-            raise fail(values[option].line, f"'-- bluegreen:{option}' needs a duration like 5s")
+        if option in values:
+            try:
+                parse_duration(values[option].args)
+            except ValueError:
+                raise fail(
+                    values[option].line,
+                    f"'-- bluegreen:{option}' needs a duration like 5s, 500ms or 2min, "
+                    f"got {values[option].args!r}",
+                ) from None
     return MigrationFile(
         version=int(match.group(1)),
         name=match.group(2),

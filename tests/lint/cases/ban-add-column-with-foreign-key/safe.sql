@@ -1,0 +1,3 @@
+ALTER TABLE orders ADD COLUMN user_id bigint;
+ALTER TABLE orders ADD CONSTRAINT orders_user_id_fkey
+    FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID;

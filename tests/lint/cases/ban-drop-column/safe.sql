@@ -1,0 +1,3 @@
+-- bluegreen:phase contract
+-- bluegreen:up
+ALTER TABLE users DROP COLUMN legacy_status;

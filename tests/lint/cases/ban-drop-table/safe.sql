@@ -1,0 +1,3 @@
+-- bluegreen:phase contract
+-- bluegreen:up
+DROP TABLE legacy_orders;

@@ -1,0 +1,1 @@
+CREATE UNLOGGED TABLE page_views_buffer (id bigint, viewed_at timestamptz);

@@ -1,0 +1,1 @@
+ALTER TABLE measurements SET TABLESPACE cold_storage;

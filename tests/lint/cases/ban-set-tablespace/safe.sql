@@ -1,0 +1,1 @@
+CREATE INDEX CONCURRENTLY measurements_day_idx ON measurements (day) TABLESPACE fast;

@@ -1,0 +1,3 @@
+-- bluegreen:phase expand
+-- bluegreen:up
+ALTER TABLE users ADD COLUMN phone text;

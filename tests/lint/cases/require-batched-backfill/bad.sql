@@ -1,0 +1,1 @@
+UPDATE orders SET status_code = status WHERE status_code IS NULL;

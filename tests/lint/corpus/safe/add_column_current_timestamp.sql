@@ -1,0 +1,1 @@
+ALTER TABLE "comments" ADD COLUMN "updated_at" timestamp(6) DEFAULT CURRENT_TIMESTAMP NOT NULL;

@@ -1,0 +1,1 @@
+CREATE INDEX CONCURRENTLY orders_pending_idx ON orders (created_at) WHERE state = 'pending';

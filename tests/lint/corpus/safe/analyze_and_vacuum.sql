@@ -1,0 +1,2 @@
+VACUUM (ANALYZE, VERBOSE) orders;
+ANALYZE users;

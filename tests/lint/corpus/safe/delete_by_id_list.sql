@@ -1,0 +1,1 @@
+DELETE FROM plans WHERE id IN (7, 8, 9);

@@ -1,0 +1,2 @@
+DROP INDEX CONCURRENTLY IF EXISTS index_events_on_user_id;
+DROP INDEX CONCURRENTLY IF EXISTS index_events_on_kind;

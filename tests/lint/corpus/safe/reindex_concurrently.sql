@@ -1,0 +1,1 @@
+REINDEX INDEX CONCURRENTLY index_users_on_email;

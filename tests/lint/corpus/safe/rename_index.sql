@@ -1,0 +1,1 @@
+ALTER INDEX index_orders_on_user RENAME TO index_orders_on_user_id;

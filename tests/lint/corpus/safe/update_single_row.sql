@@ -1,0 +1,1 @@
+UPDATE feature_flags SET enabled = true WHERE name = 'new_checkout';

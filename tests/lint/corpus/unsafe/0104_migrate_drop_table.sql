@@ -1,0 +1,5 @@
+-- bluegreen:phase migrate
+-- bluegreen:irreversible drops data
+
+-- bluegreen:up
+DROP TABLE order_status_history;

@@ -1,0 +1,1 @@
+ALTER TABLE payments ADD CONSTRAINT payments_amount_positive CHECK (amount_cents > 0);

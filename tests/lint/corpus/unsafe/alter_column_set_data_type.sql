@@ -1,0 +1,1 @@
+ALTER TABLE metrics ALTER COLUMN value SET DATA TYPE double precision;

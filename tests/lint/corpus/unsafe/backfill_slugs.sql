@@ -1,0 +1,1 @@
+UPDATE products SET slug = lower(replace(name, ' ', '-')) WHERE slug IS NULL;

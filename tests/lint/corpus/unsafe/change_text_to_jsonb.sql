@@ -1,0 +1,1 @@
+ALTER TABLE webhooks ALTER COLUMN payload TYPE jsonb USING payload::jsonb;

@@ -1,0 +1,1 @@
+ALTER TABLE products ALTER COLUMN weight TYPE integer USING weight::integer;

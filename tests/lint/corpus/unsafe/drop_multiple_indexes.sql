@@ -1,0 +1,2 @@
+DROP INDEX index_events_on_user_id;
+DROP INDEX index_events_on_kind;

@@ -1,0 +1,2 @@
+-- V17: enforce unique SKUs
+CREATE UNIQUE INDEX products_sku_key ON products (sku);

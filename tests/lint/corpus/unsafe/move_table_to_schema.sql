@@ -1,0 +1,1 @@
+ALTER TABLE public.reports SET SCHEMA analytics;

@@ -1,0 +1,5 @@
+BEGIN;
+ALTER TABLE orders
+  ADD CONSTRAINT orders_user_id_fkey FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID;
+ALTER TABLE orders VALIDATE CONSTRAINT orders_user_id_fkey;
+COMMIT;
