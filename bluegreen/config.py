@@ -23,6 +23,12 @@ from typing import Any, TypeVar
 import yaml
 
 from bluegreen.errors import ConfigError
+from bluegreen.rollout_config import (
+    HealthConfig,
+    NotificationsConfig,
+    PreflightConfig,
+    SmokeConfig,
+)
 from bluegreen.routing import percent_to_bp
 
 T = TypeVar("T")
@@ -148,6 +154,10 @@ class Config:
     timeouts: TimeoutsConfig = TimeoutsConfig()
     limits: LimitsConfig = LimitsConfig()
     access_log: AccessLogConfig = AccessLogConfig()
+    smoke: SmokeConfig = field(default_factory=SmokeConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
     source: str | None = None
 
 
@@ -448,6 +458,14 @@ def _parse_access_log(s: _Section) -> AccessLogConfig:
 
 def parse_config(data: object, *, source: str | None = None) -> Config:
     """Validate an already-loaded (and interpolated) document into a Config."""
+    # Imported here: these parsers use this module's helpers (_Section, parse_*).
+    from bluegreen.rollout_config_parse import (
+        parse_health,
+        parse_notifications,
+        parse_preflight,
+        parse_smoke,
+    )
+
     try:
         root = _Section(data, "")
         cfg = Config(
@@ -457,6 +475,12 @@ def parse_config(data: object, *, source: str | None = None) -> Config:
             timeouts=_parse_timeouts(root.section("timeouts")),
             limits=_parse_limits(root.section("limits")),
             access_log=_parse_access_log(root.section("access_log")),
+            smoke=parse_smoke(root.raw("smoke"), root.key("smoke")),
+            health=parse_health(root.raw("health"), root.key("health")),
+            notifications=parse_notifications(
+                root.raw("notifications"), root.key("notifications")
+            ),
+            preflight=parse_preflight(root.raw("preflight"), root.key("preflight")),
             source=source,
         )
         root.finish()
