@@ -324,7 +324,8 @@ def _status(args: argparse.Namespace) -> int:
     url = _database_url(args)
 
     async def work() -> int:
-        statuses = await runner.status(url, args.dir)
+        report = await runner.status_report(url, args.dir)
+        statuses = report.migrations
         found = problems(statuses)
         current = max(
             (s.version for s in statuses if s.state.value in ("applied", "rollback_failed")),
@@ -335,6 +336,7 @@ def _status(args: argparse.Namespace) -> int:
             "directory": str(args.dir),
             "current_version": current,
             "migrations": [s.to_dict() for s in statuses],
+            "backfills": [b.to_dict() for b in report.backfills],
             "problems": [p.to_dict() for p in found],
         }
         emit(data, args.output, _render_status)
@@ -345,9 +347,13 @@ def _status(args: argparse.Namespace) -> int:
 
 def _render_status(data: dict[str, Any]) -> str:
     rows = []
+    unfinished = {(b["migration"], b["direction"]) for b in data["backfills"]}
     for m in data["migrations"]:
         last = m["last_attempt"] or {}
         notes = []
+        for direction in ("up", "down"):
+            if (m["label"], direction) in unfinished:
+                notes.append("backfill unfinished" + (" (down)" if direction == "down" else ""))
         if m["checksum_changed"]:
             notes.append("FILE CHANGED")
         if m["out_of_order"]:
@@ -376,10 +382,34 @@ def _render_status(data: dict[str, Any]) -> str:
         if rows
         else "no migrations found",
     ]
+    if data["backfills"]:
+        lines += ["", "unfinished backfills (the next run of their section resumes each one):"]
+        lines += [_render_backfill(b) for b in data["backfills"]]
     if data["problems"]:
         lines += ["", "problems:"]
         lines += [f"  {p['severity']}: {p['message']}" for p in data["problems"]]
     return "\n".join(lines)
+
+
+def _render_backfill(b: dict[str, Any]) -> str:
+    where = f"step {b['step']}"
+    if b["line"] is not None:
+        where += f", line {b['line']}: {b['statement']}"
+    else:
+        where += " (no backfill at that step in the file now)"
+    batches = "1 batch" if b["batches"] == 1 else f"{b['batches']:,} batches"
+    if b["last_key"] is None:
+        position = "no batch committed yet"
+    elif b["mode"] == "ctid":
+        position = f"done up to heap page {b['last_key']}"
+    else:
+        position = f"last {b['key']} done: {b['last_key']}"
+    when = (b["updated_at"] or "")[:19].replace("T", " ")
+    return (
+        f"  {b['migration']} ({b['direction']}) {where}\n"
+        f"    {b['rows_done']:,} rows updated in {batches} on {b['table']}; {position}"
+        + (f"; last batch {when}" if when else "")
+    )
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -67,6 +67,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Final, Literal
 
 import asyncpg
@@ -433,7 +434,13 @@ class BackfillResult:
 
 @dataclass(frozen=True, slots=True)
 class ProgressRecord:
-    """One row of ``bluegreen_backfill_progress``: a backfill that has not finished."""
+    """One row of ``bluegreen_backfill_progress``: a backfill that has not finished.
+
+    ``migration`` is the key its section saves progress under (the migration's
+    label, ``<label>:down`` for a down section); ``statement_index`` the step
+    number; ``last_key`` the key (or, in ctid mode, the heap page) the last
+    committed batch ended at (None: no batch committed yet).
+    """
 
     migration: str
     statement_index: int
@@ -443,6 +450,23 @@ class ProgressRecord:
     last_key: str | None
     rows_done: int
     batches: int
+    started_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "migration": self.migration,
+            "statement_index": self.statement_index,
+            "table": self.table,
+            "mode": self.mode,
+            "key": self.key,
+            "last_key": self.last_key,
+            "rows_done": self.rows_done,
+            "batches": self.batches,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,6 +539,8 @@ async def load_progress(conn: asyncpg.Connection) -> list[ProgressRecord]:
             last_key=r["last_key"],
             rows_done=r["rows_done"],
             batches=r["batches"],
+            started_at=r["started_at"],
+            updated_at=r["updated_at"],
         )
         for r in rows
     ]

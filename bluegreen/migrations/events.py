@@ -117,6 +117,8 @@ class MigrationStarted(Event):
         verb = "applying" if self.direction is Direction.UP else "rolling back"
         resume = f", resuming after step {self.resume_from}" if self.resume_from else ""
         steps = "1 step" if self.steps_total == 1 else f"{self.steps_total} steps"
+        if not self.steps_total:
+            steps = "no statements"
         return f"{verb} {self.label} ({self.phase}, {steps}{resume})"
 
     def fields(self) -> dict[str, Any]:

@@ -19,12 +19,33 @@ Directives are comment lines ``-- bluegreen:<name> [arguments]``:
 ``statement-timeout <duration>``   header; overrides the runner's statement_timeout
                                    (durations: ``500ms``, ``2s``, ``5min``, ``1h``; ``0`` = none)
 ``up`` / ``down``                  start the sections; ``up`` once, ``down`` at most once
-``backfill [key=COL] [batch-size=N] [pause=DURATION]``
-                                   inside a section, before an UPDATE: run it in batches
+``backfill [NAME=VALUE ...]``      inside a section, before an UPDATE: run it in short
+                                   batches, each its own transaction (see below)
 ``ignore <rule-id> <reason>``      inside a section, before (or on the line of) a
                                    statement: silence one lint finding
 
+Backfill arguments (all optional; :mod:`bluegreen.migrations.backfill` runs it)::
+
+    key=COL                  the column batches walk by: NOT NULL, first column of a
+                             valid btree index (default: the single-column primary key;
+                             without one, heap pages, which needs a WHERE clause)
+    batch-size=N             rows per batch, 1..1000000 (default 1000)
+    pause=DURATION           sleep between batches (default 10ms; 0 = none)
+    max-lag=DURATION         replica replay lag above which batches wait (default 10s)
+    max-lock-waiters=N       sessions waiting on the table's locks above which batches
+                             wait, 0..10000 (default 3)
+    max-throttle=DURATION    how long batches may keep waiting before the backfill stops
+                             (default 5min; a rerun resumes)
+    lock-timeout=DURATION    lock_timeout of each batch (default 2s)
+    statement-timeout=DURATION
+                             statement_timeout of each batch; a timeout halves the
+                             batch (default 30s)
+
+for example ``-- bluegreen:backfill key=id batch-size=5000 pause=20ms max-lag=5s``.
+
 A file without a down section is irreversible; ``status`` and ``plan`` say so.
+A down section with only comments (``-- nothing to undo: the column goes away
+with 0007``) is reversible and has nothing to run: the comment says why.
 Every problem raises :class:`MigrationFileError` starting with ``file:line``.
 """
 
@@ -74,6 +95,24 @@ class Section:
     sql: str
     first_line: int
 
+    @property
+    def note(self) -> str:
+        """Its first comment, lines joined ("" if none): what a down section that has
+        only comments says about why there is nothing to undo."""
+        words: list[str] = []
+        for line in self.sql.split("\n"):
+            text = line.strip()
+            if not text.startswith("--") or parse_directive(text) is not None:
+                if words:
+                    break
+                continue
+            text = text.lstrip("-").strip()
+            if text:
+                words.append(text)
+            elif words:
+                break  # an empty "--" line ends the paragraph
+        return " ".join(words)
+
 
 @dataclass(frozen=True, slots=True)
 class MigrationFile:
@@ -98,7 +137,8 @@ class MigrationFile:
 
     @property
     def reversible(self) -> bool:
-        """Whether the migration has a down section."""
+        """Whether the migration has a down section (one with only comments counts: it
+        says there is nothing to undo)."""
         return self.down is not None
 
     @property
@@ -231,8 +271,16 @@ def parse_migration(path: Path, text: str | None = None) -> MigrationFile:
     down: Section | None = None
     if "down" in sections:
         down_line, down_lines = sections["down"]
-        if any(_is_sql_content(line) for line in down_lines):
-            down = Section("\n".join(down_lines), down_line)
+        if not any(line.strip() for line in down_lines):
+            # Neither "irreversible" nor "nothing to undo" can be assumed: say which.
+            raise fail(
+                down_line - 1,
+                "the down section is empty. Write the SQL that undoes the up section, or a "
+                "comment saying why there is nothing to undo ('-- nothing to undo: ...'); "
+                "if it cannot be undone, remove the section and add "
+                "'-- bluegreen:irreversible <reason>' to the header",
+            )
+        down = Section("\n".join(down_lines), down_line)
     irreversible = values.get("irreversible")
     if irreversible is not None:
         if down is not None:

@@ -352,7 +352,10 @@ def _assemble(
 
 # --------------------------------------------------------------------------- shared SQL pieces
 
-_NOTHING_TO_UNDO = "SELECT 1;  -- nothing to undo (see above)"
+
+def _nothing_to_undo(reason: str) -> str:
+    """A down section with only a comment: reversible, nothing to run, and why."""
+    return _comment(f"nothing to undo: {reason}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -661,12 +664,12 @@ class _Move:
                 f"After this migration: every row has {self.new} = {self.old}. Deploy the code "
                 f"that reads and writes {self.new} only; the trigger keeps the running code "
                 f"that uses {self.old} correct while both versions serve traffic."
-                "\n\n"
-                f"Down: nothing to undo; the copied values go away with {self.new} when "
-                f"{names[0]} is rolled back."
             )
             up = _backfill_sql(t, self.new, self.backfill_value, self.old, self.batch_size)
-            return explanation, up, _NOTHING_TO_UNDO, None
+            down = _nothing_to_undo(
+                f"the copied values go away with {self.new} when {names[0]} is rolled back"
+            )
+            return explanation, up, down, None
 
         drafts.append(_Draft(f"{slug_base}_backfill", Phase.MIGRATE, title, migrate))
 
@@ -679,11 +682,12 @@ class _Move:
                     "scan; it is its own migration so the scan never runs under a stronger "
                     f"lock. It fails if the backfill left a NULL ({self.old} was NULL "
                     "somewhere): fix those rows and rerun."
-                    "\n\n"
-                    f"Down: nothing to undo; the constraint goes away with {self.new}."
                 )
                 up = f"ALTER TABLE {t.sql} VALIDATE CONSTRAINT {self.check};"
-                return explanation, up, _NOTHING_TO_UNDO, None
+                down = _nothing_to_undo(
+                    f"the constraint goes away with {self.new} when {names[0]} is rolled back"
+                )
+                return explanation, up, down, None
 
             drafts.append(_Draft(f"{slug_base}_validate", Phase.MIGRATE, title, validate))
 
@@ -692,21 +696,29 @@ class _Move:
                 f"Run only once no running version of the app uses {self.old} (the old "
                 "colour drained and not coming back): from here on a read or write of "
                 f"{self.old} fails. This migration:\n"
-                "* drops the sync trigger and its function"
             )
-            up = [self.sync.drop()]
+            up = []
+            if self.not_null:
+                # First, before any statement takes ACCESS EXCLUSIVE on the table: a scan
+                # after one would run with reads and writes blocked until the commit.
+                explanation += (
+                    f"* validates the CHECK on {self.new} first: a no-op after {names[2]}; "
+                    "when this migration is re-applied after its down it scans the table "
+                    "under SHARE UPDATE EXCLUSIVE, before any statement here blocks reads "
+                    "and writes\n"
+                )
+                up.append(f"ALTER TABLE {t.sql} VALIDATE CONSTRAINT {self.check};")
+            explanation += "* drops the sync trigger and its function"
+            up.append(self.sync.drop())
             if self.default is not None:
                 explanation += f"\n* gives {self.new} the default {self.old} had"
                 up.append(f"ALTER TABLE {t.sql} ALTER COLUMN {new} SET DEFAULT {self.default};")
             if self.not_null:
                 explanation += (
                     f"\n* makes {self.new} NOT NULL: PostgreSQL 12+ skips the table scan "
-                    "thanks to the validated CHECK, which is then dropped as redundant (the "
-                    f"VALIDATE before it is a no-op after {names[2]}; it only scans, without "
-                    "blocking writes, when this migration is re-applied after its down)"
+                    "thanks to the validated CHECK, which is then dropped as redundant"
                 )
                 up.append(
-                    f"ALTER TABLE {t.sql} VALIDATE CONSTRAINT {self.check};\n"
                     f"ALTER TABLE {t.sql} ALTER COLUMN {new} SET NOT NULL;\n"
                     f"ALTER TABLE {t.sql} DROP CONSTRAINT IF EXISTS {self.check};"
                 )
@@ -923,15 +935,15 @@ def _set_not_null(request: SetNotNull, existing: Iterable[str], now: datetime) -
                 f"Sets {column} = {default} on the rows that still have NULL, in short "
                 "batches by primary key (each batch its own transaction; a rerun resumes "
                 "after the last finished batch; running it twice is harmless)."
-                "\n\n"
-                "Down: nothing to undo; which rows were NULL is not recorded, and the "
-                "filled values are valid either way."
             )
             up = (
                 f"-- bluegreen:backfill batch-size={request.batch_size}\n"
                 f"UPDATE {t} SET {col} = {default} WHERE {col} IS NULL;"
             )
-            return explanation, up, _NOTHING_TO_UNDO, None
+            down = _nothing_to_undo(
+                "which rows were NULL is not recorded, and the filled values are valid either way"
+            )
+            return explanation, up, down, None
 
         drafts.append(_Draft(f"{base}_backfill", Phase.MIGRATE, title, backfill))
 
@@ -943,10 +955,10 @@ def _set_not_null(request: SetNotNull, existing: Iterable[str], now: datetime) -
             "SHARE UPDATE EXCLUSIVE lock: reads and writes go on during the scan. It is its "
             "own migration so the scan never runs under a stronger lock. It fails if a NULL "
             f"is left: {fix} and rerun."
-            "\n\n"
-            f"Down: nothing to undo; the constraint is dropped by the down of {names[0]}."
         )
-        return explanation, f"ALTER TABLE {t} VALIDATE CONSTRAINT {check};", _NOTHING_TO_UNDO, None
+        up = f"ALTER TABLE {t} VALIDATE CONSTRAINT {check};"
+        down = _nothing_to_undo(f"the constraint is dropped by the down of {names[0]}")
+        return explanation, up, down, None
 
     drafts.append(_Draft(f"{base}_validate", Phase.MIGRATE, title, validate))
 
@@ -1121,9 +1133,17 @@ def _template(request: Template, existing: Iterable[str], now: datetime) -> Gene
 
     def render(names: Sequence[str]) -> tuple[str, str, str | None, str | None]:
         up = "-- Write the SQL here; the up section must not stay empty."
-        down = "-- Write the SQL that undoes the up section, or delete this section and\n" \
-            "-- mark the file '-- bluegreen:irreversible <reason>'."  # fmt: skip
-        return _PHASE_HELP[request.phase], up, down, None
+        # No down section: until someone writes one the file is irreversible, so a
+        # forgotten down refuses to run instead of silently undoing nothing.
+        explanation = (
+            f"{_PHASE_HELP[request.phase]}\n\n"
+            "Without a down section this migration is irreversible. To make it reversible, "
+            "end the file with a line '-- bluegreen:down' followed by the SQL that undoes "
+            "the up section, or by a comment saying why there is nothing to undo "
+            "('-- nothing to undo: ...'). If it cannot be undone, say why in the header: "
+            "'-- bluegreen:irreversible <reason>'."
+        )
+        return explanation, up, None, None
 
     draft = _Draft(name, request.phase, request.name, render)
     return _assemble([[draft]], lambda names: [f"edit {names[0][0]}"], existing, now)

@@ -334,10 +334,33 @@ def build_steps(
     return tuple(steps)
 
 
+DOWN_SUFFIX: Final = ":down"  # a file name cannot contain ':', so no label ends like this
+
+
+def backfill_key(label: str, direction: Direction) -> str:
+    """The name a section's backfills save their progress under (``bluegreen_backfill_progress``).
+
+    The up section's is the label; the down section's is ``<label>:down``, so a
+    down's backfill never resumes from (or clears) the up's saved position.
+    """
+    return label if direction is Direction.UP else f"{label}{DOWN_SUFFIX}"
+
+
+def split_backfill_key(key: str) -> tuple[str, Direction]:
+    """``(label, direction)`` of a :func:`backfill_key`."""
+    if key.endswith(DOWN_SUFFIX):
+        return key[: -len(DOWN_SUFFIX)], Direction.DOWN
+    return key, Direction.UP
+
+
 def migration_steps(
     migration: MigrationFile, direction: Direction, *, server_version_num: int
 ) -> tuple[Step, ...]:
-    """Parse and group one section of a migration file."""
+    """Parse and group one section of a migration file.
+
+    A down section with no statement (only comments) has no steps: running it
+    changes nothing and records the migration as rolled back.
+    """
     section = migration.section(direction.value)
     if section is None:
         raise MigrationError(
@@ -348,6 +371,8 @@ def migration_steps(
     statements = parse_statements(
         section.sql, first_line=section.first_line, source=str(migration.path)
     )
+    if not statements and direction is Direction.DOWN:
+        return ()  # only comments: reversible, nothing to undo
     if not statements:
         raise MigrationFileError(
             f"{migration.path}:{section.first_line}: the {direction} section has no SQL statement",
@@ -1088,6 +1113,10 @@ def plan_migration(
             )
         )
     m = selected.migration
+    notes = selected.notes
+    section = m.section(selected.direction.value)
+    if not steps and section is not None:
+        notes = (*notes, nothing_to_run(m, selected.direction))
     return PlannedMigration(
         m.version,
         m.label,
@@ -1096,5 +1125,14 @@ def plan_migration(
         str(m.path),
         m.reversible,
         tuple(planned_steps),
-        selected.notes,
+        notes,
+    )
+
+
+def nothing_to_run(migration: MigrationFile, direction: Direction) -> str:
+    """What a section without statements means, with the reason its comment gives."""
+    section = migration.section(direction.value)
+    why = section.note if section is not None else ""
+    return f"the {direction.value} section has only comments: nothing to run" + (
+        f" ({why})" if why else ""
     )

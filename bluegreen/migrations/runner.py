@@ -14,8 +14,11 @@ Under the lock the runner (1) marks ``running`` rows left by a dead runner as
 ``interrupted``, (2) reads files and history and lets :mod:`plan` decide what
 to run, (3) parses every selected file and lints it, so nothing runs unless
 everything is runnable, then (4) runs each migration step by step: insert a
-``running`` row, run each step under ``lock_timeout`` with retries, count it
-in the history (inside its transaction when it has one), finish the row.
+``running`` row, forget the saved progress of the *other* section's unfinished
+backfills (after a down has reset the data, an up must not resume halfway),
+run each step under ``lock_timeout`` with retries, count it in the history
+(inside its transaction when it has one), finish the row. A down section with
+only comments has no steps: the row is finished at once.
 
 The decisions (selection, grouping, resume points, backoff) are pure
 functions in :mod:`bluegreen.migrations.plan`; this module only executes them.
@@ -80,13 +83,16 @@ from bluegreen.migrations.plan import (
     StepKind,
     TableEstimate,
     analyse,
+    backfill_key,
     backoff_delay,
     describe_progress,
     migration_steps,
+    nothing_to_run,
     plan_migration,
     problems,
     select_down,
     select_up,
+    split_backfill_key,
     step_timeouts,
     summarize_sql,
     tables_of,
@@ -436,19 +442,34 @@ class _Runner:
         from bluegreen.migrations.backfill import BackfillSpec
 
         # the down section's backfills keep their own saved progress
-        label = m.label if direction is Direction.UP else f"{m.label}:down"
         return BackfillSpec.from_statement(
-            step.statements[0], label, step.number, source=str(m.path)
+            step.statements[0], backfill_key(m.label, direction), step.number, source=str(m.path)
         )
 
     async def _forget_other_direction_backfills(
         self, m: MigrationFile, direction: Direction
     ) -> None:
-        """Saved progress of the other section's backfills must not resume later runs."""
+        """Forget the saved progress of the other section's unfinished backfills.
+
+        Before a down, whatever it contains: the down may reset the data the up's
+        backfill wrote (a hand-written ``UPDATE ... SET col = NULL``), so a later up
+        must walk the whole table again instead of resuming halfway and skipping
+        rows. Before an up, the same for the down's backfills. A section's own saved
+        progress stays: a rerun of that section resumes it.
+        """
         from bluegreen.migrations.backfill import clear_progress
 
-        other = f"{m.label}:down" if direction is Direction.UP else m.label
-        await clear_progress(self.w, other)
+        other = Direction.UP if direction is Direction.DOWN else Direction.DOWN
+        forgotten = await clear_progress(self.w, backfill_key(m.label, other))
+        if forgotten:
+            self.emit(
+                Note(
+                    f"{m.label}: forgot the saved progress of {forgotten} unfinished "
+                    f"backfill(s) of its {other.value} section; the next {other.value} starts "
+                    "them from the beginning",
+                    m.label,
+                )
+            )
 
     def _timeouts(self, m: MigrationFile, step: Step) -> tuple[float, float]:
         return step_timeouts(m, step, self.options)
@@ -476,12 +497,13 @@ class _Runner:
         )
         for note in sel.notes:
             self.emit(Note(note, m.label))
-        if any(step.kind is StepKind.BACKFILL for step in steps):
-            await self._forget_other_direction_backfills(m, sel.direction)
+        if not steps:
+            self.emit(Note(nothing_to_run(m, sel.direction), m.label))
         done = sel.resume_from
         self._blockers = ()
         self._last_failed = None
         try:
+            await self._forget_other_direction_backfills(m, sel.direction)
             if sel.resume_from >= len(steps):
                 await history.finish(self.w, row_id, final)
             for step in steps:
@@ -1063,6 +1085,86 @@ async def status(
         await runner.close()
 
 
+@dataclass(frozen=True, slots=True)
+class UnfinishedBackfill:
+    """A backfill whose saved progress says it has not finished: the next run of its
+    section (``up``, or ``down`` for a down section's) resumes it after ``last_key``.
+
+    ``line`` and ``statement`` locate its UPDATE in the file (None when the file
+    is gone or no longer has a backfill at that step).
+    """
+
+    label: str
+    direction: Direction
+    step: int
+    line: int | None
+    statement: str | None
+    progress: Any  # a backfill.ProgressRecord
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        record = self.progress.to_dict()
+        return {
+            "migration": self.label,
+            "direction": self.direction.value,
+            "step": self.step,
+            "line": self.line,
+            "statement": self.statement,
+            "table": record["table"],
+            "mode": record["mode"],
+            "key": record["key"],
+            "last_key": record["last_key"],
+            "rows_done": record["rows_done"],
+            "batches": record["batches"],
+            "started_at": record["started_at"],
+            "updated_at": record["updated_at"],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """What ``migrate status`` shows: every version, and the unfinished backfills."""
+
+    migrations: tuple[MigrationStatus, ...]
+    backfills: tuple[UnfinishedBackfill, ...] = ()
+
+
+def _unfinished_backfill(
+    record: Any, files: Sequence[MigrationFile], server_version_num: int
+) -> UnfinishedBackfill:
+    label, direction = split_backfill_key(record.migration)
+    line = statement = None
+    m = next((f for f in files if f.label == label), None)
+    if m is not None and m.section(direction.value) is not None:
+        try:
+            steps = migration_steps(m, direction, server_version_num=server_version_num)
+        except MigrationError:
+            steps = ()  # verify reports the file; status still shows the saved position
+        step = next((s for s in steps if s.number == record.statement_index), None)
+        if step is not None and step.kind is StepKind.BACKFILL:
+            line, statement = step.line, summarize_sql(step.statements[0].text)
+    return UnfinishedBackfill(label, direction, record.statement_index, line, statement, record)
+
+
+async def status_report(
+    database_url: str, directory: Path | str, *, options: RunOptions | None = None
+) -> StatusReport:
+    """:func:`status` plus the backfills that saved progress but have not finished. Read-only."""
+    from bluegreen.migrations.backfill import load_progress
+
+    runner = _Runner(database_url, Path(directory), options or RunOptions(), None)
+    try:
+        await runner.open(take_lock=False)
+        files, _, statuses = await runner.load()
+        records = await load_progress(runner.w)
+        backfills = tuple(
+            _unfinished_backfill(r, files, runner.server_version_num) for r in records
+        )
+        return StatusReport(tuple(statuses), backfills)
+    finally:
+        await runner.close()
+
+
 async def verify(
     database_url: str, directory: Path | str, *, options: RunOptions | None = None
 ) -> list[Problem]:
@@ -1107,7 +1209,7 @@ async def plan(
     runner = _Runner(database_url, Path(directory), opts, None)
     try:
         await runner.open(take_lock=False)
-        _, _, statuses = await runner.load()
+        files, _, statuses = await runner.load()
         if direction is Direction.UP:
             selected = select_up(
                 statuses, to=to, phases=wanted, allow_out_of_order=allow_out_of_order
@@ -1115,18 +1217,23 @@ async def plan(
         else:
             selected = select_down(statuses, to=to)
         prepared = runner.prepare(selected)
+        locks = _plan_locks(files, prepared)
         cache: dict[str, TableEstimate] = {}
         estimates = {}
         for _sel, steps in prepared:
             for step in steps:
                 for statement in step.statements:
-                    for table in _lock_of(statement)[1]:
+                    for table in locks[id(statement)][1]:
                         if table not in cache:
                             cache[table] = await _estimate(runner.w, table)
                         estimates[table] = cache[table]
         migrations = [
             plan_migration(
-                sel, steps, lock_of=_lock_of, estimates=estimates.__getitem__, timeouts=opts
+                sel,
+                steps,
+                lock_of=lambda statement: locks[id(statement)],
+                estimates=estimates.__getitem__,
+                timeouts=opts,
             )
             for sel, steps in prepared
         ]
@@ -1135,13 +1242,40 @@ async def plan(
         await runner.close()
 
 
-def _lock_of(statement: Statement) -> tuple[LockSummary | None, tuple[str, ...]]:
-    """The linter's lock table for ``statement`` (and the tables it locks)."""
-    try:
+def _plan_locks(
+    files: Sequence[MigrationFile], prepared: Sequence[tuple[Selected, tuple[Step, ...]]]
+) -> dict[int, tuple[LockSummary | None, tuple[str, ...]]]:
+    """The lock of every statement to run, keyed by ``id(statement)``.
+
+    The linter walks the files in version order (then the down sections, newest
+    first) sharing what each statement established, so the lock of a statement
+    knows what earlier files and statements said: the old type of a column, a
+    validated CHECK, a function's volatility.
+    """
+    from bluegreen.migrations.lint.engine import section_locks
+
+    known = section_locks(
+        files,
+        up=[sel.migration.version for sel, _ in prepared if sel.direction is Direction.UP],
+        down=[sel.migration.version for sel, _ in prepared if sel.direction is Direction.DOWN],
+    )
+    locks: dict[int, tuple[LockSummary | None, tuple[str, ...]]] = {}
+    for sel, steps in prepared:
+        statements = [statement for step in steps for statement in step.statements]
+        # both parsed the same section text: one lock per statement, in order
+        infos = known[(sel.migration.version, sel.direction.value)]
+        for statement, info in zip(statements, infos, strict=True):
+            locks[id(statement)] = _lock_of(statement, info)
+    return locks
+
+
+def _lock_of(statement: Statement, info: Any = None) -> tuple[LockSummary | None, tuple[str, ...]]:
+    """The linter's lock for ``statement`` (``info``: as the linter saw it in context;
+    default: the statement alone), and the tables it locks."""
+    if info is None:
         from bluegreen.migrations.lint.locks import lock_for
-    except ModuleNotFoundError:  # pragma: no cover - the linter ships with the runner
-        return None, tables_of(statement)
-    info = lock_for(statement.node)
+
+        info = lock_for(statement.node)
     tables = tuple(info.tables) or tables_of(statement)
     summary = LockSummary(
         mode=info.mode,

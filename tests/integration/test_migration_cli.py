@@ -138,8 +138,10 @@ def test_up_status_verify_plan_and_down_outputs(tmp_path: Path, pg_dsn: str) -> 
         "directory",
         "current_version",
         "migrations",
+        "backfills",
         "problems",
     }
+    assert status_json["backfills"] == []
     assert [m["state"] for m in status_json["migrations"]] == ["applied", "applied"]
     last = status_json["migrations"][0]["last_attempt"]
     assert last["outcome"] == "applied"
@@ -308,3 +310,76 @@ async def test_killed_runner_leaves_true_history_and_rerun_completes(
         )
         == 1
     )
+
+
+async def test_status_shows_unfinished_backfills_and_plan_a_comment_only_down(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(
+            """
+            CREATE TABLE orders (id bigint PRIMARY KEY, status text, status_code text);
+            INSERT INTO orders SELECT g, 's' || g, NULL FROM generate_series(1, 2000) g;
+            CREATE FUNCTION guard() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF NEW.id >= 1200 THEN RAISE EXCEPTION 'guard: row % is off limits', NEW.id; END IF;
+              RETURN NEW;
+            END $$;
+            CREATE TRIGGER guard BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION guard();
+            """
+        )
+        directory = tmp_path / "migrations"
+        write_migration(
+            directory,
+            "0001_copy_status.sql",
+            "migrate",
+            "-- bluegreen:backfill batch-size=500 pause=0\n"
+            "UPDATE orders SET status_code = status WHERE status_code IS NULL;",
+            "-- nothing to undo: status_code keeps valid copies",
+        )
+        up = await asyncio.to_thread(cli, tmp_path, "up", dsn=pg_dsn)
+        assert up.returncode == 1
+        assert "guard: row 1200 is off limits" in up.stderr
+
+        status = await asyncio.to_thread(cli, tmp_path, "status", dsn=pg_dsn)
+        assert status.returncode == 0, status.stderr
+        assert "backfill unfinished" in status.stdout
+        assert "unfinished backfills (the next run of their section resumes each one):" in (
+            status.stdout
+        )
+        assert (
+            "  0001_copy_status (up) step 1, line 4: UPDATE orders SET status_code = status "
+            "WHERE status_code IS NULL\n"
+            "    1,000 rows updated in 2 batches on orders; last id done: 1000; last batch "
+        ) in status.stdout
+        data = as_json(
+            await asyncio.to_thread(cli, tmp_path, "status", "--output", "json", dsn=pg_dsn)
+        )
+        (backfill,) = data["backfills"]
+        assert (backfill["migration"], backfill["direction"], backfill["last_key"]) == (
+            "0001_copy_status",
+            "up",
+            "1000",
+        )
+
+        await conn.execute("DROP TRIGGER guard ON orders")
+        up = await asyncio.to_thread(cli, tmp_path, "up", dsn=pg_dsn)
+        assert up.returncode == 0, up.stderr
+        status = await asyncio.to_thread(cli, tmp_path, "status", dsn=pg_dsn)
+        assert "unfinished backfills" not in status.stdout
+        assert "copy_status  migrate  applied" in status.stdout
+
+        plan = await asyncio.to_thread(cli, tmp_path, "plan", "--down", dsn=pg_dsn)
+        assert plan.returncode == 0, plan.stderr
+        assert "0001_copy_status (migrate, reversible)" in plan.stdout
+        assert (
+            "  note: the down section has only comments: nothing to run "
+            "(nothing to undo: status_code keeps valid copies)"
+        ) in plan.stdout
+        down = await asyncio.to_thread(cli, tmp_path, "down", dsn=pg_dsn)
+        assert down.returncode == 0, down.stderr
+        assert "rolling back 0001_copy_status (migrate, no statements)" in down.stdout
+        assert "rolled back 1 migration(s)" in down.stdout
+    finally:
+        await conn.close()

@@ -769,3 +769,228 @@ async def test_unknown_allowed_rule_is_a_usage_error(pg_dsn: str, tmp_path: Path
     write_migration(tmp_path, "0001_a.sql", "expand", "CREATE TABLE a (id int);")
     with pytest.raises(UsageError, match="unknown lint rule require-concurent-index"):
         await runner.apply(pg_dsn, tmp_path, allow_hazards=["require-concurent-index"])
+
+
+# --------------------------------------------------------------------------- backfill progress keys
+
+GUARD = """
+CREATE TABLE stop_at (id bigint);
+CREATE FUNCTION guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM stop_at WHERE NEW.id >= stop_at.id) THEN
+    RAISE EXCEPTION 'guard: row % is off limits', NEW.id;
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER guard BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION guard();
+"""
+COPY_UP = (
+    "-- bluegreen:backfill batch-size=500 pause=0\n"
+    "UPDATE orders SET status_code = status WHERE status_code IS NULL;"
+)
+
+
+async def orders_with_guard(dsn: str, rows: int = 2000) -> None:
+    """``orders`` with ``rows`` rows to backfill, and a trigger that makes every UPDATE of
+    a row at or above ``stop_at.id`` fail (none while ``stop_at`` is empty)."""
+    await execute(
+        dsn,
+        "CREATE TABLE orders (id bigint PRIMARY KEY, status text, status_code text);"
+        f"INSERT INTO orders SELECT g, 's' || g, NULL FROM generate_series(1, {rows}) g;" + GUARD,
+    )
+
+
+async def saved_progress(dsn: str) -> list[tuple[str, int, str | None, int]]:
+    from bluegreen.migrations.backfill import load_progress
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [
+            (r.migration, r.statement_index, r.last_key, r.rows_done)
+            for r in await load_progress(conn)
+        ]
+    finally:
+        await conn.close()
+
+
+async def test_down_forgets_the_ups_saved_backfill_progress(pg_dsn: str, tmp_path: Path) -> None:
+    """A hand-written down that resets the data must not let the next up resume halfway."""
+    from bluegreen.errors import BackfillInterruptedError
+    from bluegreen.migrations.backfill import BackfillSpec, run_backfill
+    from bluegreen.migrations.files import parse_migration
+    from bluegreen.migrations.sql import parse_statements
+
+    await orders_with_guard(pg_dsn)
+    path = write_migration(
+        tmp_path,
+        "0001_copy_status.sql",
+        "migrate",
+        COPY_UP,
+        "UPDATE orders SET status_code = NULL;  -- no backfill here: a plain reset",
+    )
+    await runner.apply(pg_dsn, tmp_path)
+    # Saved progress of the up's backfill, as an interrupted run leaves it: stopped
+    # after its first batch (keys 1..500).
+    m = parse_migration(path)
+    (stmt,) = parse_statements(m.up.sql, first_line=m.up.first_line)
+    spec = BackfillSpec.from_statement(stmt, "0001_copy_status", 1, source=str(path))
+    batches: list[object] = []
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        with pytest.raises(BackfillInterruptedError):
+            await run_backfill(
+                conn, spec, progress=batches.append, should_stop=lambda: bool(batches)
+            )
+    finally:
+        await conn.close()
+    assert await saved_progress(pg_dsn) == [("0001_copy_status", 1, "500", 0)]
+
+    events = Events()
+    await runner.rollback(pg_dsn, tmp_path, on_event=events)
+    assert await fetchval(pg_dsn, "SELECT count(*) FROM orders WHERE status_code IS NULL") == 2000
+    assert await saved_progress(pg_dsn) == []
+    from bluegreen.migrations.events import Note
+
+    assert any("forgot the saved progress of 1" in e.message for e in events.of(Note))
+
+    await runner.apply(pg_dsn, tmp_path)
+    # resuming after key 500 would have left rows 1..500 NULL
+    assert await fetchval(pg_dsn, "SELECT count(*) FROM orders WHERE status_code IS NULL") == 0
+
+
+async def test_down_backfill_saves_progress_under_its_own_key(pg_dsn: str, tmp_path: Path) -> None:
+    from bluegreen.migrations.events import BackfillProgressed
+
+    await orders_with_guard(pg_dsn)
+    write_migration(
+        tmp_path,
+        "0001_copy_status.sql",
+        "migrate",
+        COPY_UP,
+        "-- bluegreen:backfill batch-size=500 pause=0\n"
+        "UPDATE orders SET status_code = NULL WHERE status_code IS NOT NULL;",
+    )
+    await runner.apply(pg_dsn, tmp_path)
+    await execute(pg_dsn, "INSERT INTO stop_at VALUES (1200)")
+    failed = await runner.rollback(pg_dsn, tmp_path, raise_on_failure=False)
+    assert failed.error is not None
+    assert "guard: row 1200 is off limits" in str(failed.error)
+    assert await saved_progress(pg_dsn) == [("0001_copy_status:down", 1, "1000", 1000)]
+    assert await states(pg_dsn, tmp_path) == {1: "rollback_failed"}
+
+    await execute(pg_dsn, "DELETE FROM stop_at")
+    events = Events()
+    await runner.rollback(pg_dsn, tmp_path, on_event=events)
+    progressed = [e.progress for e in events.of(BackfillProgressed)]
+    # resumed after key 1000: the first batch of this run brings the total to 1500
+    assert progressed[0].rows_done == 1500
+    assert progressed[-1].finished
+    assert await fetchval(pg_dsn, "SELECT count(*) FROM orders WHERE status_code IS NULL") == 2000
+    assert await saved_progress(pg_dsn) == []
+    await runner.apply(pg_dsn, tmp_path)
+    assert await fetchval(pg_dsn, "SELECT count(*) FROM orders WHERE status_code IS NULL") == 0
+
+
+async def test_status_report_shows_unfinished_backfills(pg_dsn: str, tmp_path: Path) -> None:
+    await orders_with_guard(pg_dsn)
+    await execute(pg_dsn, "INSERT INTO stop_at VALUES (1200)")
+    write_migration(tmp_path, "0001_copy_status.sql", "migrate", COPY_UP)
+    report = await runner.status_report(pg_dsn, tmp_path)
+    assert report.backfills == ()
+    failed = await runner.apply(pg_dsn, tmp_path, raise_on_failure=False)
+    assert failed.error is not None
+
+    report = await runner.status_report(pg_dsn, tmp_path)
+    assert [s.state.value for s in report.migrations] == ["failed"]
+    (backfill,) = report.backfills
+    data = backfill.to_dict()
+    assert data["updated_at"] is not None
+    del data["started_at"], data["updated_at"]
+    assert data == {
+        "migration": "0001_copy_status",
+        "direction": "up",
+        "step": 1,
+        "line": 4,
+        "statement": "UPDATE orders SET status_code = status WHERE status_code IS NULL",
+        "table": "orders",
+        "mode": "key",
+        "key": "id",
+        "last_key": "1000",
+        "rows_done": 1000,
+        "batches": 2,
+    }
+    await execute(pg_dsn, "DELETE FROM stop_at")
+    await runner.apply(pg_dsn, tmp_path)
+    assert (await runner.status_report(pg_dsn, tmp_path)).backfills == ()
+
+
+# --------------------------------------------------------------------------- comment-only downs
+
+
+async def test_down_with_only_comments_is_a_reversible_no_op(pg_dsn: str, tmp_path: Path) -> None:
+    write_migration(tmp_path, "0001_t.sql", "expand", "CREATE TABLE t (a int);", "DROP TABLE t;")
+    write_migration(
+        tmp_path,
+        "0002_fill.sql",
+        "migrate",
+        "INSERT INTO t VALUES (1);",
+        "-- nothing to undo: the row goes away with t",
+    )
+    await runner.apply(pg_dsn, tmp_path)
+    statuses = await runner.status(pg_dsn, tmp_path)
+    assert [s.reversible for s in statuses] == [True, True]
+    plan = await runner.plan(pg_dsn, tmp_path, direction=Direction.DOWN)
+    (planned,) = plan.migrations
+    assert (planned.label, planned.reversible, planned.steps) == ("0002_fill", True, ())
+    assert planned.notes == (
+        "the down section has only comments: nothing to run "
+        "(nothing to undo: the row goes away with t)",
+    )
+
+    events = Events()
+    result = await runner.rollback(pg_dsn, tmp_path, on_event=events)
+    (run,) = result.runs
+    assert (run.label, run.outcome.value, run.steps_total) == ("0002_fill", "rolled_back", 0)
+    assert "rolling back 0002_fill (migrate, no statements)" in [e.describe() for e in events]
+    assert await fetchval(pg_dsn, "SELECT count(*) FROM t") == 1  # nothing ran
+    assert await states(pg_dsn, tmp_path) == {1: "applied", 2: "pending"}
+    rows = await history(pg_dsn)
+    assert (rows[-1]["direction"], rows[-1]["outcome"]) == ("down", "rolled_back")
+    await runner.rollback(pg_dsn, tmp_path)
+    assert await fetchval(pg_dsn, "SELECT to_regclass('t')") is None
+
+
+# --------------------------------------------------------------------------- plan with facts
+
+
+async def test_plan_knows_what_earlier_files_established(pg_dsn: str, tmp_path: Path) -> None:
+    write_migration(
+        tmp_path,
+        "0001_t.sql",
+        "expand",
+        "CREATE TABLE t (id int PRIMARY KEY, c varchar(50), d int);\n"
+        "ALTER TABLE t ADD CONSTRAINT t_d_not_null CHECK (d IS NOT NULL) NOT VALID;",
+        "DROP TABLE t;",
+    )
+    write_migration(
+        tmp_path, "0002_validate.sql", "migrate", "ALTER TABLE t VALIDATE CONSTRAINT t_d_not_null;"
+    )
+    write_migration(
+        tmp_path,
+        "0003_tighten.sql",
+        "contract",
+        "ALTER TABLE t ALTER COLUMN c TYPE varchar(20);\n"
+        "ALTER TABLE t ALTER COLUMN d SET NOT NULL;",
+        "ALTER TABLE t ALTER COLUMN d DROP NOT NULL;\n"
+        "ALTER TABLE t ALTER COLUMN c TYPE varchar(50);",
+    )
+    await runner.apply(pg_dsn, tmp_path, to=2)
+    (planned,) = (await runner.plan(pg_dsn, tmp_path)).migrations
+    narrow, set_not_null = planned.steps[0].statements
+    assert narrow.lock is not None
+    assert set_not_null.lock is not None
+    # alone, the statements would read "assumed a widening change" and "scans the table"
+    assert narrow.lock.rewrites
+    assert "varchar(50) -> varchar(20) must check every row" in narrow.lock.note
+    assert not set_not_null.lock.scans
+    assert set_not_null.lock.note == "a validated CHECK proves it: no scan"

@@ -8,6 +8,7 @@ import json
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,6 +21,14 @@ from tests.integration.upstreams import Upstream, start_upstream
 
 MB = 1024 * 1024
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+# Each serve gets its own state file and an admin API on a free port, so several
+# can run at once and none writes .bluegreen/ into the working directory.
+_STATE_DIR = tempfile.TemporaryDirectory(prefix="bluegreen-serve-tests-")
+
+
+def control_args(port: int) -> list[str]:
+    """``--admin`` and ``--state`` for a serve process listening on ``port``."""
+    return ["--admin", "127.0.0.1:0", "--state", f"file:{_STATE_DIR.name}/state-{port}.json"]
 
 
 def free_port() -> int:
@@ -40,7 +49,8 @@ class ServeProcess:
     async def start(cls, *args: str) -> ServeProcess:
         port = free_port()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bluegreen", "serve", "--listen", f"127.0.0.1:{port}", *args,
+            sys.executable, "-m", "bluegreen", "serve", "--listen", f"127.0.0.1:{port}",
+            *control_args(port), *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
@@ -176,7 +186,7 @@ async def test_config_errors_exit_2_naming_the_key(
 async def test_address_in_use_exits_2(served: ServeProcess) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bluegreen", "serve", "--listen", f"127.0.0.1:{served.port}",
-        "--blue", "127.0.0.1:1", "--green", "127.0.0.1:2",
+        "--blue", "127.0.0.1:1", "--green", "127.0.0.1:2", *control_args(0),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, err = await asyncio.wait_for(proc.communicate(), 20)

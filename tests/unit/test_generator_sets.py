@@ -67,7 +67,7 @@ EXPECTED: dict[str, tuple[list[Phase], list[bool]]] = {
     "add-index-unique-partial": ([Phase.EXPAND], [True]),
     "drop-column": ([Phase.CONTRACT], [False]),
     "drop-column-typed": ([Phase.CONTRACT], [True]),
-    "template": ([Phase.MIGRATE], [True]),
+    "template": ([Phase.MIGRATE], [False]),
 }
 
 RUNNABLE = [k for k in REQUESTS if k != "template"]
@@ -96,7 +96,8 @@ def test_files_parse_with_their_phase_and_numbering(key: str) -> None:
         assert migration.reversible is file.reversible
         assert parse_statements(migration.up.sql, first_line=migration.up.first_line)
         if migration.down is not None:
-            assert parse_statements(migration.down.sql, first_line=migration.down.first_line)
+            statements = parse_statements(migration.down.sql, first_line=migration.down.first_line)
+            assert statements or migration.down.note.startswith("nothing to undo: ")
         else:
             assert migration.irreversible_reason
 
@@ -122,6 +123,41 @@ def test_template_stays_unrunnable_until_filled() -> None:
     assert file.name == "0007_backfill_totals.sql"
     with pytest.raises(Exception, match="up section is empty"):
         parse_migration(Path("m") / file.name, file.text)
+
+
+def test_template_is_irreversible_until_a_down_is_written() -> None:
+    # A placeholder down with only comments would read as "nothing to undo": a
+    # forgotten down must make 'migrate down' refuse, not silently undo nothing.
+    (file,) = generate("template").files
+    filled = file.text.replace(
+        "-- Write the SQL here; the up section must not stay empty.", "SELECT 1;"
+    )
+    migration = parse_migration(Path("m") / file.name, filled)
+    assert migration.down is None
+    assert not migration.reversible
+    assert "'-- nothing to undo: ...'" in file.text
+
+
+@pytest.mark.parametrize(
+    ("key", "indexes", "reason"),
+    [
+        ("rename-not-null-default", [1], "the copied values go away with status_code when 0007_"),
+        ("rename-not-null-default", [2], "the constraint goes away with status_code when 0007_"),
+        ("set-not-null-default", [1], "which rows were NULL is not recorded"),
+        ("set-not-null-default", [2], "the constraint is dropped by the down of 0007_"),
+    ],
+    ids=["rename-backfill", "rename-validate", "not-null-backfill", "not-null-validate"],
+)
+def test_steps_with_nothing_to_undo_have_a_comment_only_down(
+    key: str, indexes: list[int], reason: str
+) -> None:
+    files = generate(key).files
+    for index in indexes:
+        migration = parse_migration(Path("m") / files[index].name, files[index].text)
+        assert migration.down is not None
+        assert parse_statements(migration.down.sql) == []
+        assert migration.down.note.startswith(f"nothing to undo: {reason}")
+        assert migration.reversible
 
 
 def test_rename_sets_backfill_directive_and_idempotent_where() -> None:
@@ -151,9 +187,11 @@ def test_rename_contract_with_not_null_sets_default_and_not_null_before_drop() -
     files = generate("rename-not-null-default").files
     up = parse_migration(Path("m") / files[3].name, files[3].text).up.sql
     order = [
+        # first: its scan (after a down and re-apply) must not run under DROP TRIGGER's
+        # ACCESS EXCLUSIVE lock, held until the commit
+        "VALIDATE CONSTRAINT orders_status_code_not_null",
         "DROP TRIGGER",
         "SET DEFAULT 'pending'",
-        "VALIDATE CONSTRAINT orders_status_code_not_null",
         "SET NOT NULL",
         "DROP CONSTRAINT IF EXISTS orders_status_code_not_null",
         "DROP COLUMN status;",

@@ -17,7 +17,10 @@ from bluegreen.migrations.lint import (
     lint_migrations,
     lint_sql,
     lint_text,
+    lock_for,
+    section_locks,
 )
+from bluegreen.migrations.sql import parse_statements
 
 
 def migration(version: int, phase: str, up: str, name: str = "step") -> MigrationFile:
@@ -113,6 +116,64 @@ def test_facts_carry_column_types_to_a_later_type_change() -> None:
     ]
     assert "varchar(64) -> varchar(2)" in findings[0].message
     assert lint_migrations([create, widen]) == []
+
+
+def reversible(version: int, phase: str, up: str, down: str) -> MigrationFile:
+    text = f"-- bluegreen:phase {phase}\n-- bluegreen:up\n{up}\n-- bluegreen:down\n{down}\n"
+    return parse_migration(Path(f"migrations/{version:04d}_step.sql"), text)
+
+
+def test_section_locks_know_what_earlier_files_and_statements_established() -> None:
+    create = migration(1, "expand", "CREATE TABLE t (c varchar(50), d int);")
+    check = migration(
+        2, "expand", "ALTER TABLE t ADD CONSTRAINT nn CHECK (d IS NOT NULL) NOT VALID;"
+    )
+    pending = migration(
+        3,
+        "contract",
+        "ALTER TABLE t ALTER COLUMN c TYPE varchar(20);\n"
+        "ALTER TABLE t VALIDATE CONSTRAINT nn;\n"
+        "ALTER TABLE t ALTER COLUMN d SET NOT NULL;",
+    )
+    statements = parse_statements(pending.up.sql)
+    alone = [lock_for(s.node) for s in statements]
+    # a statement alone: an unknown old type is taken as a widening; SET NOT NULL scans
+    assert (alone[0].rewrites, alone[2].scans) == (False, True)
+
+    locks = section_locks([pending, check, create], up=[3])
+    assert list(locks) == [(3, "up")]
+    narrow, validate, set_not_null = locks[(3, "up")]
+    assert narrow.rewrites
+    assert "varchar(50) -> varchar(20)" in narrow.note
+    assert validate.mode == "SHARE UPDATE EXCLUSIVE"
+    assert not set_not_null.scans
+    assert set_not_null.note == "a validated CHECK proves it: no scan"
+
+
+def test_section_locks_of_down_sections_follow_the_up_sections_they_undo() -> None:
+    create = migration(1, "expand", "CREATE TABLE t (c varchar(20));")
+    widen = reversible(
+        2,
+        "expand",
+        "ALTER TABLE t ALTER COLUMN c TYPE text;",
+        "ALTER TABLE t ALTER COLUMN c TYPE varchar(20);",
+    )
+    later = reversible(3, "expand", "ALTER TABLE t ADD COLUMN e int;", "-- nothing to undo: test")
+    locks = section_locks([create, widen, later], down=[3, 2])
+    assert locks[(3, "down")] == []
+    (narrow,) = locks[(2, "down")]
+    assert narrow.rewrites  # text -> varchar(20): every row is checked
+    assert widen.down is not None
+    assert not lock_for(parse_statements(widen.down.sql)[0].node).rewrites  # alone: assumed
+
+
+def test_section_locks_skip_unparsable_files_that_only_give_facts() -> None:
+    broken = migration(1, "expand", "CREATE TABEL t;")  # the file parses, its SQL does not
+    pending = migration(2, "expand", "CREATE INDEX i ON t (c);")
+    (lock,) = section_locks([broken, pending], up=[2])[(2, "up")]
+    assert lock.mode == "SHARE"
+    with pytest.raises(MigrationFileError, match="SQL syntax error"):
+        section_locks([broken, pending], up=[1, 2])
 
 
 def test_tables_from_earlier_migrations_are_not_new() -> None:

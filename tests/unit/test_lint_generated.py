@@ -2,7 +2,12 @@
 
 ``migrate up`` lints before it runs and refuses hazards, so every generated
 set must lint clean, linted as the runner does: all files of the directory
-in version order (what one step validates, the next relies on).
+in version order (what one step validates, the next relies on). Each file
+must also lint clean on its own: ``bluegreen migrate lint FILE`` in a review,
+or a directory where the earlier steps were squashed away, sees no earlier
+files, and a file that is only safe because of them (a VALIDATE after a
+statement that took ACCESS EXCLUSIVE) is one re-apply away from a blocking
+scan.
 """
 
 from __future__ import annotations
@@ -38,3 +43,11 @@ def test_generated_set_lints_clean(request_: g.Request) -> None:
     generated = g.generate(request_, existing=[], now=NOW)
     migrations = [parse_migration(Path("migrations") / f.name, f.text) for f in generated.files]
     assert [f.headline() for f in lint_migrations(migrations)] == []
+
+
+@pytest.mark.parametrize("request_", REQUESTS, ids=[type(r).__name__ for r in REQUESTS])
+def test_each_generated_file_lints_clean_alone(request_: g.Request) -> None:
+    generated = g.generate(request_, existing=[], now=NOW)
+    for file in generated.files:
+        migration = parse_migration(Path("migrations") / file.name, file.text)
+        assert [f.headline() for f in lint_migrations([migration])] == [], file.name

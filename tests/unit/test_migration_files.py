@@ -8,6 +8,7 @@ import pytest
 
 from bluegreen.errors import MigrationFileError
 from bluegreen.migrations.files import (
+    MigrationFile,
     Phase,
     checksum_of,
     load_directory,
@@ -27,7 +28,7 @@ ALTER TABLE orders DROP COLUMN status_code;
 """
 
 
-def parse(text: str, name: str = "0001_add_status_code.sql"):
+def parse(text: str, name: str = "0001_add_status_code.sql") -> MigrationFile:
     return parse_migration(Path("migrations") / name, text)
 
 
@@ -68,9 +69,33 @@ def test_no_down_section_is_irreversible() -> None:
     assert m.statement_timeout_seconds is None
 
 
-def test_empty_down_section_counts_as_none() -> None:
-    m = parse("-- bluegreen:phase expand\n-- bluegreen:up\nSELECT 1;\n-- bluegreen:down\n-- n/a\n")
-    assert m.down is None
+def test_down_section_with_only_comments_is_reversible_with_nothing_to_run() -> None:
+    m = parse(
+        "-- bluegreen:phase migrate\n-- bluegreen:up\nUPDATE t SET a = b;\n"
+        "-- bluegreen:down\n\n-- nothing to undo: the copy goes away\n--   with column a\n\n"
+        "-- another paragraph\n"
+    )
+    assert m.down is not None
+    assert m.reversible
+    assert m.down.first_line == 5
+    assert m.down.note == "nothing to undo: the copy goes away with column a"
+
+
+def test_empty_down_section_is_an_error_that_names_both_ways_out() -> None:
+    message = error_of(
+        "-- bluegreen:phase expand\n-- bluegreen:up\nSELECT 1;\n-- bluegreen:down\n  \n"
+    )
+    assert message.startswith("migrations/0001_x.sql:4: the down section is empty")
+    assert "'-- nothing to undo: ...'" in message
+    assert "'-- bluegreen:irreversible <reason>'" in message
+
+
+def test_comment_only_down_and_irreversible_contradict() -> None:
+    message = error_of(
+        "-- bluegreen:phase contract\n-- bluegreen:irreversible data is gone\n"
+        "-- bluegreen:up\nDROP TABLE t;\n-- bluegreen:down\n-- nothing to undo\n"
+    )
+    assert message.startswith("migrations/0001_x.sql:2: marked irreversible but has a down")
 
 
 def test_irreversible_with_reason() -> None:
@@ -313,3 +338,34 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="expected a duration"):
         parse_duration(text)
+
+
+def _backfill_doc_entries() -> dict[str, str]:
+    """``name -> text`` of each argument in the files module's backfill argument list."""
+    import bluegreen.migrations.files as files_module
+
+    doc = files_module.__doc__ or ""
+    block = doc.split("Backfill arguments", 1)[1].split("\n\n", 2)[1]
+    entries: dict[str, str] = {}
+    name = ""
+    for line in block.splitlines():
+        head = line.strip().split("=", 1)[0]
+        if line.startswith("    ") and not line.startswith("     ") and "=" in line:
+            name = head
+            entries[name] = line
+        elif name:
+            entries[name] += " " + line.strip()
+    return entries
+
+
+def test_docstring_documents_every_backfill_argument_and_its_default() -> None:
+    import re
+
+    from bluegreen.migrations.backfill import _ARGUMENTS
+
+    entries = _backfill_doc_entries()
+    assert sorted(entries) == sorted(_ARGUMENTS)
+    for name, help_text in _ARGUMENTS.items():
+        default = re.search(r"\(default ([^);]+)\)", help_text)
+        if default is not None:
+            assert f"default {default.group(1)}" in entries[name], name

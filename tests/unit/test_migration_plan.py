@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,11 +24,14 @@ from bluegreen.migrations.plan import (
     HistoryRow,
     LockSummary,
     MigrationState,
+    MigrationStatus,
     Outcome,
     Selected,
+    Step,
     StepKind,
     TableEstimate,
     analyse,
+    backfill_key,
     backoff_delay,
     build_steps,
     describe_progress,
@@ -35,6 +40,7 @@ from bluegreen.migrations.plan import (
     problems,
     select_down,
     select_up,
+    split_backfill_key,
     step_timeouts,
     summarize_sql,
     tables_of,
@@ -58,11 +64,11 @@ class Timeouts:
 TIMEOUTS = Timeouts()
 
 
-def node(sql: str):
+def node(sql: str) -> Any:
     return parse_statements(sql)[0].node
 
 
-def steps_of(sql: str, version: int = PG15):
+def steps_of(sql: str, version: int = PG15) -> tuple[Step, ...]:
     return build_steps(parse_statements(sql), server_version_num=version, source="m.sql")
 
 
@@ -234,6 +240,45 @@ def test_migration_steps_of_a_section_with_only_semicolons() -> None:
         migration_steps(m, Direction.UP, server_version_num=PG15)
 
 
+def test_down_with_only_comments_has_no_steps_and_the_plan_says_why() -> None:
+    m = migration(2, "migrate", up="UPDATE t SET a = b;", down="-- nothing to undo: see 0001")
+    assert m.reversible
+    assert migration_steps(m, Direction.DOWN, server_version_num=PG15) == ()
+    planned = plan_migration(
+        Selected(m, Direction.DOWN),
+        (),
+        lock_of=lambda s: (None, ()),
+        estimates=lambda name: TableEstimate(name, True, 0),
+        timeouts=TIMEOUTS,
+    )
+    assert planned.reversible
+    assert planned.steps == ()
+    assert planned.notes == (
+        "the down section has only comments: nothing to run (nothing to undo: see 0001)",
+    )
+
+
+def test_select_down_takes_a_migration_whose_down_has_only_comments() -> None:
+    m = migration(1, down="-- nothing to undo: the values stay valid")
+    statuses = analyse([m], [row(1, Outcome.APPLIED, checksum=m.checksum)])
+    (selected,) = select_down(statuses)
+    assert selected.migration is m
+    assert statuses[0].to_dict()["reversible"] is True
+
+
+def test_up_with_only_comments_stays_an_error() -> None:
+    m = migration(up="/* nothing */ ;")
+    with pytest.raises(MigrationFileError, match="the up section has no SQL statement"):
+        migration_steps(m, Direction.UP, server_version_num=PG15)
+
+
+def test_backfill_keys_of_up_and_down_differ_and_split_back() -> None:
+    assert backfill_key("0002_copy", Direction.UP) == "0002_copy"
+    assert backfill_key("0002_copy", Direction.DOWN) == "0002_copy:down"
+    for direction in Direction:
+        assert split_backfill_key(backfill_key("0002_copy", direction)) == ("0002_copy", direction)
+
+
 def test_summarize_sql() -> None:
     assert summarize_sql("SELECT\n   1,\n  2") == "SELECT 1, 2"
     assert summarize_sql("x" * 100, 10) == "x" * 9 + "…"
@@ -334,7 +379,7 @@ def row(
     )
 
 
-def state_of(statuses, version: int):
+def state_of(statuses: Sequence[MigrationStatus], version: int) -> MigrationStatus:
     return next(s for s in statuses if s.version == version)
 
 
@@ -471,7 +516,7 @@ def test_select_up_by_phase() -> None:
     statuses = analyse(files, [])
     assert [s.migration.version for s in select_up(statuses, phases={Phase.EXPAND})] == [1]
     expanded = analyse(files, [row(1, m=files[0])])
-    assert [s.migration.version for s in select_up(expanded, phases={"migrate"})] == [2]
+    assert [s.migration.version for s in select_up(expanded, phases={Phase("migrate")})] == [2]
 
 
 def test_select_up_refuses_to_leave_an_earlier_phase_behind() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bluegreen.errors import MigrationFileError
-from bluegreen.migrations.sql import parse_statements
+from bluegreen.migrations.sql import LineIndex, parse_statements
 
 
 def texts(sql: str) -> list[str]:
@@ -92,8 +92,9 @@ def test_directives_before_a_statement_attach_to_it() -> None:
         ("ignore", "ban-drop-column old code is gone", 21),
         ("backfill", "batch-size=100", 23),
     ]
-    assert second.directive("backfill") is not None
-    assert second.directive("backfill").args == "batch-size=100"
+    directive = second.directive("backfill")
+    assert directive is not None
+    assert directive.args == "batch-size=100"
     assert second.directive("nope") is None
 
 
@@ -155,3 +156,28 @@ def test_syntax_errors_name_source_and_line(sql: str, line: int) -> None:
         parse_statements(sql, first_line=7, source="migrations/0001_x.sql")
     message = str(info.value)
     assert message.startswith(f"migrations/0001_x.sql:{line}: SQL syntax error: ")
+
+
+def test_line_index_agrees_with_counting_newlines() -> None:
+    text = "a\n\nbc\r\nd\n" * 50 + "tail"
+    index = LineIndex(text, first_line=7)
+    for offset in range(len(text) + 1):
+        assert index.line_of(offset) == 7 + text.count("\n", 0, offset), offset
+
+
+def test_lines_and_directives_stay_exact_in_a_big_file() -> None:
+    chunks = []
+    for n in range(600):
+        chunks.append(
+            f"-- bluegreen:ignore ban-truncate reason {n}\n"
+            f"-- a note about statement {n}\n"
+            f"TRUNCATE t{n};  -- bluegreen:ignore ban-lock-table trailing {n}\n"
+        )
+    statements = parse_statements("".join(chunks), first_line=5)
+    assert len(statements) == 600
+    for n, stmt in enumerate(statements):
+        assert stmt.line == 5 + 3 * n + 2
+        assert [(d.args, d.line) for d in stmt.directives] == [
+            (f"ban-truncate reason {n}", 5 + 3 * n),
+            (f"ban-lock-table trailing {n}", 5 + 3 * n + 2),
+        ]

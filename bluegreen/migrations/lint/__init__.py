@@ -2,7 +2,8 @@
 
 ``lint_sql`` / ``lint_migration`` / ``lint_migrations`` are pure (see
 :mod:`.engine`); ``lint_paths`` reads files (:mod:`.paths`). ``lock_for`` tells
-which lock any statement takes (:mod:`.locks`). Rules live one per module in
+which lock any statement takes (:mod:`.locks`); ``section_locks`` answers the
+same with what earlier files established (for ``migrate plan``). Rules live one per module in
 :mod:`.rules`, documented in ``docs/rules/``.
 """
 
@@ -15,6 +16,8 @@ from bluegreen.migrations.lint.engine import (
     lint_sql,
     lint_statements,
     lint_text,
+    section_locks,
+    statement_locks,
 )
 from bluegreen.migrations.lint.locks import LockInfo, lock_for
 from bluegreen.migrations.lint.paths import lint_file, lint_paths
@@ -36,4 +39,6 @@ __all__ = [
     "lint_statements",
     "lint_text",
     "lock_for",
+    "section_locks",
+    "statement_locks",
 ]

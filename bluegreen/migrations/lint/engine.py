@@ -12,13 +12,14 @@ rules about ignore directives themselves cannot be silenced.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
 from bluegreen.errors import MigrationFileError
 from bluegreen.migrations.files import MigrationFile, Phase, parse_directive, parse_migration
 from bluegreen.migrations.lint.context import Context, SchemaFacts, ignores
+from bluegreen.migrations.lint.locks import LockInfo
 from bluegreen.migrations.lint.rule import Finding
 from bluegreen.migrations.lint.rules import CHECKS, RULE_IDS
 from bluegreen.migrations.sql import Statement, parse_statements
@@ -50,16 +51,89 @@ def lint_statements(
         known_rules=RULE_IDS,
     )
     findings: list[Finding] = []
-    for index, stmt in enumerate(statements):
-        ctx.enter(index, stmt)
+    for stmt in _walk(statements, ctx):
         silenced = {rule for ignore in ignores(stmt) for rule in ignore.rules}
         for _rule, check in CHECKS:
             for finding in check(stmt, ctx):
                 if finding.rule_id in silenced and finding.rule_id not in UNSILENCEABLE:
                     continue
                 findings.append(finding)
-        ctx.leave(stmt)
     return findings
+
+
+def _walk(statements: Sequence[Statement], ctx: Context) -> Iterator[Statement]:
+    """Each statement in order, with ``ctx`` entered on it; what it did is recorded
+    (``ctx.leave``) when the caller asks for the next one."""
+    for index, stmt in enumerate(statements):
+        ctx.enter(index, stmt)
+        yield stmt
+        ctx.leave(stmt)
+
+
+def statement_locks(
+    statements: Sequence[Statement],
+    *,
+    path: str = "<sql>",
+    phase: Phase | None = None,
+    migration: bool = False,
+    facts: SchemaFacts | None = None,
+) -> list[LockInfo]:
+    """The lock each statement takes, as the rules see it: with what earlier
+    statements of the file and ``facts`` (earlier files; updated in place)
+    established, where :func:`~bluegreen.migrations.lint.locks.lock_for` on a
+    statement alone has to assume."""
+    ctx = Context(statements, path=path, phase=phase, migration=migration, facts=facts)
+    return [ctx.lock for _stmt in _walk(statements, ctx)]
+
+
+def section_locks(
+    migrations: Sequence[MigrationFile],
+    *,
+    up: Collection[int] = (),
+    down: Sequence[int] = (),
+) -> dict[tuple[int, str], list[LockInfo]]:
+    """The locks of the statements of some migrations' sections, keyed ``(version,
+    "up"|"down")``, one per statement in order (for ``migrate plan``).
+
+    The up sections are walked in version order with shared :class:`SchemaFacts`,
+    as :func:`lint_migrations` does, so a type change's old type, a validated
+    CHECK or a function's volatility found in an earlier file (or statement)
+    makes the rewrite and scan answers exact. ``up``: versions whose up
+    sections are wanted. ``down``: versions whose down sections are wanted, in
+    the order they run (newest first), walked after the up sections of every
+    file up to the newest of them. A file that is not wanted and does not parse
+    only contributes no facts.
+    """
+    wanted_up = set(up)
+    last = max([*wanted_up, *down], default=None)
+    if last is None:
+        return {}
+    by_version = {m.version: m for m in migrations}
+    facts = SchemaFacts()
+    found: dict[tuple[int, str], list[LockInfo]] = {}
+    for m in sorted(migrations, key=lambda m: m.version):
+        if m.version > last:
+            break
+        try:
+            statements = parse_statements(m.up.sql, first_line=m.up.first_line, source=str(m.path))
+        except MigrationFileError:
+            if m.version in wanted_up:
+                raise
+            continue
+        locks = statement_locks(
+            statements, path=str(m.path), phase=m.phase, migration=True, facts=facts
+        )
+        if m.version in wanted_up:
+            found[(m.version, "up")] = locks
+    for version in down:
+        m = by_version[version]
+        if m.down is None:
+            continue
+        statements = parse_statements(m.down.sql, first_line=m.down.first_line, source=str(m.path))
+        found[(version, "down")] = statement_locks(
+            statements, path=str(m.path), phase=m.phase, migration=True, facts=facts
+        )
+    return found
 
 
 def lint_sql(
