@@ -179,3 +179,20 @@ class BackfillThrottledError(BackfillError):
 
 class BackfillInterruptedError(BackfillError):
     """The backfill was asked to stop between two batches; a rerun resumes where it stopped."""
+
+
+class DemoError(BluegreenError):
+    """``bluegreen demo`` could not set up or run one of its parts."""
+
+
+class DemoProcessError(DemoError):
+    """A child process of the demo exited early or never became ready; ``name`` says which."""
+
+    def __init__(self, name: str, message: str, *, log_path: str | None = None) -> None:
+        self.name = name
+        self.log_path = log_path
+        super().__init__(message)
+
+
+class DemoDatabaseError(DemoError):
+    """No database for the demo: DATABASE_URL is unusable and no embedded PostgreSQL could start."""
