@@ -142,6 +142,37 @@ class AccessLogConfig:
     path: str = "-"
 
 
+DEFAULT_STATE_URL = "file:.bluegreen/state.json"
+ADMIN_TOKEN_ENV = "BLUEGREEN_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a token
+MIN_ADMIN_TOKEN_CHARS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """Where the shared state lives and how this replica reports to it.
+
+    ``url`` is ``file:PATH`` (relative paths from the working directory) or
+    ``postgresql://...`` for several replicas. ``poll_interval`` None: the
+    backend's default (0.1 s for a file, 1 s for PostgreSQL while LISTEN is down).
+    """
+
+    url: str = DEFAULT_STATE_URL
+    replica_id: str | None = None
+    heartbeat_interval: float = 2.0
+    replica_expiry: float = 10.0
+    poll_interval: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin API (its address is ``listeners.admin``)."""
+
+    token: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    event_heartbeat: float = 15.0
+    max_event_streams: int = 64
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
@@ -154,6 +185,8 @@ class Config:
     timeouts: TimeoutsConfig = TimeoutsConfig()
     limits: LimitsConfig = LimitsConfig()
     access_log: AccessLogConfig = AccessLogConfig()
+    state: StateConfig = StateConfig()
+    admin: AdminConfig = AdminConfig()
     smoke: SmokeConfig = field(default_factory=SmokeConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
@@ -255,8 +288,13 @@ def _parse_token_name(value: object, key: str, what: str) -> str | None:
     return text
 
 
-def parse_address(value: object, key: str, *, allow_scheme: bool = False) -> Address:
-    """``host:port``, ``[v6]:port`` or (upstreams) ``http://host:port``."""
+def parse_address(
+    value: object, key: str, *, allow_scheme: bool = False, allow_port_zero: bool = False
+) -> Address:
+    """``host:port``, ``[v6]:port`` or (upstreams) ``http://host:port``.
+
+    ``allow_port_zero``: port 0 (the system picks a free one) is accepted.
+    """
     if isinstance(value, int) and not isinstance(value, bool):
         value = f"127.0.0.1:{value}"
     if not isinstance(value, str) or not value.strip():
@@ -290,7 +328,7 @@ def parse_address(value: object, key: str, *, allow_scheme: bool = False) -> Add
     if not port_text.isdigit():
         raise ConfigError(key, f"port {port_text!r} is not a number")
     port = int(port_text)
-    if not 0 < port < 65536:
+    if not (0 if allow_port_zero else 1) <= port < 65536:
         raise ConfigError(key, f"port {port} out of range")
     return Address(host, port)
 
@@ -347,7 +385,7 @@ def _parse_listeners(s: _Section) -> ListenersConfig:
     d = ListenersConfig()
     cfg = ListenersConfig(
         proxy=s.get("proxy", parse_address, d.proxy),
-        admin=s.get("admin", parse_address, d.admin),
+        admin=s.get("admin", lambda v, k: parse_address(v, k, allow_port_zero=True), d.admin),
     )
     s.finish()
     return cfg
@@ -456,6 +494,104 @@ def _parse_access_log(s: _Section) -> AccessLogConfig:
     return cfg
 
 
+_STATE_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+def parse_state_url(value: object, key: str) -> str:
+    """A state store URL: ``file:PATH``, a plain path or ``postgresql://...``."""
+    text = parse_str(value, key).strip()
+    lowered = text.lower()
+    scheme = _STATE_SCHEME.match(text)
+    if lowered.startswith(("postgresql://", "postgres://", "file:")) or scheme is None:
+        if lowered in ("file:", "file://"):
+            raise ConfigError(
+                key, "a file state store needs a path, e.g. file:.bluegreen/state.json"
+            )
+        return text
+    raise ConfigError(
+        key,
+        f"unsupported state store {scheme.group(1)!r}; use file:PATH or "
+        "postgresql://USER@HOST:PORT/DATABASE",
+    )
+
+
+def parse_admin_token(value: object, key: str) -> str | None:
+    """A bearer token (>= 16 characters, no whitespace); empty means none."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(key, "expected a string")
+    if len(value) < MIN_ADMIN_TOKEN_CHARS or any(ch.isspace() or ord(ch) < 33 for ch in value):
+        # Never echo the value: it is a secret.
+        raise ConfigError(
+            key,
+            f"the admin token must be at least {MIN_ADMIN_TOKEN_CHARS} printable characters "
+            "without spaces; generate one with `openssl rand -hex 32`",
+        )
+    return value
+
+
+def _parse_state(s: _Section) -> StateConfig:
+    from bluegreen.errors import InvalidFieldError
+    from bluegreen.state.model import check_replica_id
+
+    def replica_id(value: object, key: str) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check_replica_id(value, key)
+        except InvalidFieldError as exc:
+            raise ConfigError(key, exc.problem) from None
+
+    def positive(value: object, key: str) -> float:
+        seconds = parse_duration(value, key)
+        if seconds <= 0:
+            raise ConfigError(key, "must be greater than 0")
+        return seconds
+
+    d = StateConfig()
+    cfg = StateConfig(
+        url=s.get("url", parse_state_url, d.url),
+        replica_id=s.get("replica_id", replica_id, d.replica_id),
+        heartbeat_interval=s.get("heartbeat_interval", positive, d.heartbeat_interval),
+        replica_expiry=s.get("replica_expiry", positive, d.replica_expiry),
+        poll_interval=s.get("poll_interval", positive, d.poll_interval),
+    )
+    s.finish()
+    if cfg.replica_expiry <= 2 * cfg.heartbeat_interval:
+        raise ConfigError(
+            s.key("replica_expiry"),
+            f"{cfg.replica_expiry:g}s is not more than two heartbeats "
+            f"({cfg.heartbeat_interval:g}s each); one late heartbeat would count a replica dead",
+        )
+    return cfg
+
+
+def _parse_admin(s: _Section) -> AdminConfig:
+    d = AdminConfig()
+
+    def heartbeat(value: object, key: str) -> float:
+        seconds = parse_duration(value, key)
+        if not 0 < seconds <= 300:
+            raise ConfigError(key, "use a duration between 0 and 5m")
+        return seconds
+
+    cfg = AdminConfig(
+        token=s.get("token", parse_admin_token, d.token),
+        max_body_bytes=s.get("max_body_bytes", parse_size, d.max_body_bytes),
+        event_heartbeat=s.get("event_heartbeat", heartbeat, d.event_heartbeat),
+        max_event_streams=s.get(
+            "max_event_streams",
+            lambda v, k: parse_int(v, k, minimum=1, maximum=10_000),
+            d.max_event_streams,
+        ),
+    )
+    s.finish()
+    if cfg.max_body_bytes < 1024:
+        raise ConfigError(s.key("max_body_bytes"), "must be at least 1KiB")
+    return cfg
+
+
 def parse_config(data: object, *, source: str | None = None) -> Config:
     """Validate an already-loaded (and interpolated) document into a Config."""
     # Imported here: these parsers use this module's helpers (_Section, parse_*).
@@ -475,11 +611,11 @@ def parse_config(data: object, *, source: str | None = None) -> Config:
             timeouts=_parse_timeouts(root.section("timeouts")),
             limits=_parse_limits(root.section("limits")),
             access_log=_parse_access_log(root.section("access_log")),
+            state=_parse_state(root.section("state")),
+            admin=_parse_admin(root.section("admin")),
             smoke=parse_smoke(root.raw("smoke"), root.key("smoke")),
             health=parse_health(root.raw("health"), root.key("health")),
-            notifications=parse_notifications(
-                root.raw("notifications"), root.key("notifications")
-            ),
+            notifications=parse_notifications(root.raw("notifications"), root.key("notifications")),
             preflight=parse_preflight(root.raw("preflight"), root.key("preflight")),
             source=source,
         )
@@ -571,11 +707,20 @@ def with_overrides(
     blue: list[str] | None = None,
     green: list[str] | None = None,
     green_weight: str | float | None = None,
+    state: str | None = None,
+    admin: str | None = None,
 ) -> Config:
     """Apply the quick-start command-line flags on top of a config."""
     listeners = cfg.listeners
     if listen is not None:
         listeners = dataclasses.replace(listeners, proxy=parse_address(listen, "--listen"))
+    if admin is not None:
+        listeners = dataclasses.replace(
+            listeners, admin=parse_address(admin, "--admin", allow_port_zero=True)
+        )
+    state_cfg = cfg.state
+    if state is not None:
+        state_cfg = dataclasses.replace(state_cfg, url=parse_state_url(state, "--state"))
     upstreams = dict(cfg.upstreams)
     for colour, servers in (("blue", blue), ("green", green)):
         if servers:
@@ -585,7 +730,30 @@ def with_overrides(
         routing = dataclasses.replace(
             routing, green_weight_bp=parse_percent(green_weight, "--green-weight")
         )
-    return dataclasses.replace(cfg, listeners=listeners, upstreams=upstreams, routing=routing)
+    return dataclasses.replace(
+        cfg, listeners=listeners, upstreams=upstreams, routing=routing, state=state_cfg
+    )
+
+
+def with_admin_token(cfg: Config, env: Mapping[str, str], *, admin_key: str) -> Config:
+    """Take the admin token from the environment when the config has none; check the listener.
+
+    Refuses (ConfigError naming ``admin_key``: ``listeners.admin`` or
+    ``--admin``) an admin listener on a non-loopback address without a token:
+    anyone who can reach it could move all traffic.
+    """
+    token = cfg.admin.token
+    if token is None:
+        token = parse_admin_token(env.get(ADMIN_TOKEN_ENV), ADMIN_TOKEN_ENV)
+    address = cfg.listeners.admin
+    if token is None and not address.is_loopback:
+        raise ConfigError(
+            admin_key,
+            f"the admin API would listen on {address}, which is not a loopback address, "
+            f"without a token; set admin.token or {ADMIN_TOKEN_ENV}, or listen on 127.0.0.1",
+            source=cfg.source,
+        )
+    return dataclasses.replace(cfg, admin=dataclasses.replace(cfg.admin, token=token))
 
 
 def require_upstreams(cfg: Config) -> None:

@@ -61,6 +61,10 @@ _REQUEST_BASE: Final[dict[bytes, int]] = {
     b"x-forwarded-for": REQ_XFF,
     b"x-forwarded-proto": REQ_XF_REPLACED,
     b"x-forwarded-host": REQ_XF_REPLACED,
+    # Set only by the proxy: a client must not grant itself feature flags or
+    # pass a real request off as a mirrored copy.
+    b"x-bluegreen-flags": REQ_XF_REPLACED,
+    b"x-bluegreen-mirror": REQ_XF_REPLACED,
     b"forwarded": REQ_FORWARDED,
     b"expect": REQ_EXPECT,
     b"content-length": REQ_CONTENT_LENGTH,

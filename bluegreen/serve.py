@@ -5,6 +5,12 @@ connections, let in-flight requests finish (their responses say
 ``Connection: close``) for up to ``timeouts.drain``, then exit 0. A second
 signal during the drain cuts what is left and exits 1.
 
+The control plane (:class:`~bluegreen.replica.ControlPlane`) opens the state
+store before the proxy starts, pushes the stored weights and flags into it
+before the first request, heartbeats, and serves the admin API; it stops
+after the drain, so ``/readyz`` answers 503 while draining and the replica is
+marked stopped in the store at exit.
+
 uvloop is used when it is installed (``pip install bluegreen[fast]``).
 """
 
@@ -21,6 +27,7 @@ import structlog
 from bluegreen.config import Config
 from bluegreen.logs import AccessLog, ThreadedWriter, configure_logging
 from bluegreen.proxy import ProxyServer
+from bluegreen.replica import ControlPlane, ControlPlaneSettings
 
 EXIT_OK = 0
 EXIT_FORCED = 1
@@ -38,11 +45,11 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def run(config: Config) -> int:
+def run(config: Config, *, control: ControlPlaneSettings | None = None) -> int:
     """Serve until SIGTERM/SIGINT and a drain; return the process exit code."""
     configure_logging()
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(serve(config))
+        return runner.run(serve(config, control=control))
 
 
 def _open_access_log(config: Config) -> tuple[IO[bytes] | None, ThreadedWriter | None]:
@@ -55,12 +62,31 @@ def _open_access_log(config: Config) -> tuple[IO[bytes] | None, ThreadedWriter |
     return (None if path == "-" else stream), ThreadedWriter(stream)
 
 
-async def serve(config: Config, *, ready: Callable[[ProxyServer], None] | None = None) -> int:
+async def serve(
+    config: Config,
+    *,
+    ready: Callable[[ProxyServer], None] | None = None,
+    control: ControlPlaneSettings | None = None,
+) -> int:
     """Run the proxy in the current loop until a signal; drain; return the exit code."""
+    settings = control if control is not None else ControlPlaneSettings.from_config(config)
+    routing = config.routing
+    plane = await ControlPlane.open(
+        settings, green_bp=routing.green_weight_bp, salt=routing.salt, mirror_bp=routing.mirror_bp
+    )
+    try:
+        return await _serve(config, plane, ready)
+    finally:
+        await plane.close()
+
+
+async def _serve(
+    config: Config, plane: ControlPlane, ready: Callable[[ProxyServer], None] | None
+) -> int:
     loop = asyncio.get_running_loop()
     own_stream, writer = _open_access_log(config)
     access_log = AccessLog(writer.write, loop=loop) if writer is not None else None
-    proxy = ProxyServer(config, access_log=access_log)
+    proxy = ProxyServer(config, access_log=access_log, request_header_hook=plane.header_hook)
     if writer is not None:
         proxy.metrics.access_log_dropped = lambda: writer.dropped
     stop = asyncio.Event()
@@ -72,6 +98,12 @@ async def serve(config: Config, *, ready: Callable[[ProxyServer], None] | None =
 
     try:
         await proxy.start()
+        try:
+            # Its first step, before any await, pushes the stored weights into the proxy.
+            admin = await plane.start(proxy)
+        except BaseException:
+            await proxy.stop()
+            raise
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
         host, port = proxy.address
@@ -80,7 +112,9 @@ async def serve(config: Config, *, ready: Callable[[ProxyServer], None] | None =
             address=f"{host}:{port}",
             blue=[str(a) for a in config.upstreams["blue"].servers],
             green=[str(a) for a in config.upstreams["green"].servers],
-            green_weight_percent=config.routing.green_weight_bp / 100,
+            green_weight_percent=proxy.router.green_bp / 100,
+            state_version=plane.store.current.version,
+            admin=admin.url,
             event_loop=type(loop).__module__.split(".")[0],
         )
         if ready is not None:

@@ -23,6 +23,7 @@ EXIT_USAGE = 2
 # Command modules, in the order their commands appear in --help.
 _COMMAND_MODULES = (
     "bluegreen.cli.serve_cmd",
+    "bluegreen.cli.control_cmd",
     "bluegreen.cli.migrate_cmd",
 )
 

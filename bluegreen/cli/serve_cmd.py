@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
-from bluegreen.config import Config, load_config, require_upstreams, with_overrides
+from bluegreen.config import (
+    Config,
+    load_config,
+    require_upstreams,
+    with_admin_token,
+    with_overrides,
+)
 
 
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private
@@ -17,7 +24,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
             "Run the proxy in the foreground. Flags override the config file, so "
             "`bluegreen serve --listen 127.0.0.1:8080 --blue 127.0.0.1:9001 "
             "--green 127.0.0.1:9002` works without one. SIGTERM or SIGINT drains "
-            "in-flight requests (timeouts.drain) and exits 0."
+            "in-flight requests (timeouts.drain) and exits 0. Weights and flags live in "
+            "the state store (--state); the admin API (--admin) changes them."
         ),
     )
     parser.add_argument("--config", metavar="FILE", help="YAML config file")
@@ -37,7 +45,20 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     parser.add_argument(
         "--green-weight",
         metavar="PERCENT",
-        help="share of traffic for green, 0..100 in 0.01 steps (routing.green_weight)",
+        help="share of traffic for green, 0..100 in 0.01 steps (routing.green_weight); "
+        "seeds a new state store only: the stored weights win afterwards",
+    )
+    parser.add_argument(
+        "--state",
+        metavar="URL",
+        help="state store: file:PATH or postgresql://USER@HOST/DB for several replicas "
+        "(state.url; default file:.bluegreen/state.json)",
+    )
+    parser.add_argument(
+        "--admin",
+        metavar="HOST:PORT",
+        help="admin API address (listeners.admin; default 127.0.0.1:9900; port 0 picks one). "
+        "A non-loopback address needs admin.token or BLUEGREEN_ADMIN_TOKEN",
     )
     parser.set_defaults(handler=run)
 
@@ -51,14 +72,24 @@ def build_config(args: argparse.Namespace) -> Config:
         blue=args.blue,
         green=args.green,
         green_weight=args.green_weight,
+        state=args.state,
+        admin=args.admin,
     )
     require_upstreams(config)
-    return config
+    admin_key = "--admin" if args.admin is not None else "listeners.admin"
+    return with_admin_token(config, os.environ, admin_key=admin_key)
 
 
 def run(args: argparse.Namespace) -> int:
     """Handler: serve until a signal; the exit code of the drain."""
     config = build_config(args)
-    from bluegreen.serve import run as serve  # the data plane loads only for this command
+    # The data plane loads only for this command.
+    from bluegreen.replica import ControlPlaneSettings
+    from bluegreen.serve import run as serve
 
-    return serve(config)
+    control = ControlPlaneSettings.from_config(
+        config,
+        state_key="--state" if args.state is not None else "state.url",
+        admin_key="--admin" if args.admin is not None else "listeners.admin",
+    )
+    return serve(config, control=control)
