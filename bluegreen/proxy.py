@@ -134,7 +134,7 @@ from bluegreen.upstream import (
 
 # Extra request header lines for one request, from its sticky key (feature
 # flags use this); each line must end with CRLF.
-RequestHeaderHook = Callable[[bytes | None], bytes]
+RequestHeaderHook = Callable[[bytes | None, Colour], bytes]
 
 # Client connection modes.
 _HTTP: Final = 0  # parsing requests
@@ -306,6 +306,15 @@ class Exchange:
         proxy = self.client.proxy
         router = proxy.router
         colour, reason = router.choose(self.sticky, self.override)
+        hook = proxy.request_header_hook
+        if hook is not None:
+            # Extra header lines (feature flags) depend on the colour chosen;
+            # nothing has been written yet, so the head can still grow.
+            extra = hook(self.sticky, colour)
+            if extra:
+                head = self.head[:-2] + extra + CRLF
+                self.head = head
+                self.out[0] = head
         self._route(colour, reason, proxy.sets[colour].pick())
         if (
             router.mirror_bp
@@ -1078,9 +1087,6 @@ class ClientConnection(TimedProtocol):
             lines += (b"Transfer-Encoding: ", self._te, CRLF)
         if upgrade and self._upgrade_value is not None:
             lines += (b"Connection: upgrade\r\nUpgrade: ", self._upgrade_value, CRLF)
-        hook = proxy.request_header_hook
-        if hook is not None:
-            lines.append(hook(sticky))
         lines.append(CRLF)
         lines[0] = method + b" " + url + HTTP11
         now = self._loop.time()

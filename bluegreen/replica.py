@@ -54,7 +54,7 @@ from bluegreen.config import DEFAULT_STATE_URL
 from bluegreen.errors import ConfigError
 from bluegreen.flags import FlagHeaderCache
 from bluegreen.health.probes import HealthProber
-from bluegreen.routing import BASIS_POINTS, Colour, sticky_bucket
+from bluegreen.routing import BASIS_POINTS, Colour
 from bluegreen.state import open_store
 from bluegreen.state.model import ReplicaInfo, StateDocument, format_time, initial_document
 from bluegreen.state.store import StateStore, run_heartbeats
@@ -95,7 +95,6 @@ class Replica:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: list[Callable[[], None]] = []
-        self._coloured_flags = False
 
     # ----------------------------------------------------------------- applying
 
@@ -118,7 +117,6 @@ class Replica:
                 )
             flags = list(doc.flags.values())
             self.flags.replace(flags)
-            self._coloured_flags = any(f.colour is not None for f in flags)
         except ValueError:
             # The document was validated when it was parsed; this is a bug, not input.
             log.exception("state_apply_failed", version=doc.version)
@@ -133,21 +131,8 @@ class Replica:
                 replica=self.id,
             )
 
-    def header_line(self, key: bytes | None) -> bytes:
-        """The proxy's request-header hook: the ``X-Bluegreen-Flags`` line for this key.
-
-        The hook runs before the proxy picks a colour, so for flags limited to
-        a colour the colour is worked out here the way the router will pick it
-        for a sticky key (the override header is not visible here; a request
-        without a key gets colour-limited flags only at 100 %).
-        """
-        colour = None
-        proxy = self.proxy
-        if key is not None and self._coloured_flags and proxy is not None:
-            router = proxy.router
-            colour = (
-                Colour.GREEN if sticky_bucket(router.salt, key) < router.green_bp else Colour.BLUE
-            )
+    def header_line(self, key: bytes | None, colour: Colour) -> bytes:
+        """The proxy's request-header hook: the ``X-Bluegreen-Flags`` line for this request."""
         return self.flags.header_line(key, colour)
 
     @property
@@ -465,10 +450,10 @@ class ControlPlane:
             )
         return self.replica
 
-    def header_hook(self, key: bytes | None) -> bytes:
+    def header_hook(self, key: bytes | None, colour: Colour) -> bytes:
         """The flags request-header hook, to give the proxy before the replica exists."""
         replica = self.replica
-        return b"" if replica is None else replica.header_line(key)
+        return b"" if replica is None else replica.header_line(key, colour)
 
     def upstream_health(self) -> list[ServerHealth]:
         """Every upstream server's health from the HTTP probes, else from TCP checks."""

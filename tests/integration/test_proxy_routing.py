@@ -177,24 +177,29 @@ async def test_mirror_to_a_dead_green_never_affects_the_client(blue: Upstream) -
         await client.close()
 
 
-async def test_request_header_hook_adds_lines_from_the_sticky_key(
+async def test_request_header_hook_sees_the_sticky_key_and_the_chosen_colour(
     blue: Upstream, green: Upstream
 ) -> None:
-    keys: list[bytes | None] = []
+    calls: list[tuple[bytes | None, Colour]] = []
 
-    def hook(sticky: bytes | None) -> bytes:
-        keys.append(sticky)
-        return b"X-Bluegreen-Flags: new-checkout\r\n" if sticky == b"u1" else b""
+    def hook(sticky: bytes | None, colour: Colour) -> bytes:
+        calls.append((sticky, colour))
+        if sticky == b"u1" and colour is Colour.GREEN:
+            return b"X-Bluegreen-Flags: new-checkout\r\n"
+        return b""
 
     config = proxy_config(blue.address, green.address, routing={"sticky": {"header": "X-User"}})
     async with running_proxy(config, hook=hook) as proxy:
         client = await connect(proxy)
-        await client.request(get(extra="X-User: u1\r\n"))
-        assert blue.seen[-1].header("X-Bluegreen-Flags") == "new-checkout"
+        await client.request(get(extra="X-User: u1\r\n"))  # weight 0: blue, no flag
+        assert blue.seen[-1].header("X-Bluegreen-Flags") is None
+        # Pinned to green by the override header: the hook must see green.
+        await client.request(get(extra="X-User: u1\r\nX-Bluegreen-Colour: green\r\n"))
+        assert green.seen[-1].header("X-Bluegreen-Flags") == "new-checkout"
         await client.request(get())
         assert blue.seen[-1].header("X-Bluegreen-Flags") is None
         await client.close()
-    assert keys == [b"u1", None]
+    assert calls == [(b"u1", Colour.BLUE), (b"u1", Colour.GREEN), (None, Colour.BLUE)]
 
 
 async def test_access_log_has_one_line_per_request(blue: Upstream, green: Upstream) -> None:

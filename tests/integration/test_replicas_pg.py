@@ -126,6 +126,7 @@ async def test_if_match_conflicts_across_replicas(cluster: Cluster) -> None:
 
 
 async def test_flags_reach_the_upstream_through_every_replica(cluster: Cluster) -> None:
+    assert (await cluster.put_weights(0, 20, wait="10s")).status == 200
     put = await cluster.session.put(
         f"{cluster.replicas[0].admin_url}/api/v1/flags/new_checkout",
         json={"percent": 100},
