@@ -1,0 +1,448 @@
+"""Pure: the benchmark's results, best-of selection, ratios against nginx, the table and JSON.
+
+Nothing here measures anything; bench/proxy.py fills these values in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from bench.stats import RateResult
+from bench.wrk import WrkResult, describe_errors
+
+TARGETS = ("direct", "nginx", "bluegreen")
+REFERENCE = "nginx"
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    """One closed-loop wrk run against one target and payload."""
+
+    target: str
+    payload: str
+    wrk: WrkResult
+    wall_s: float
+    # CPU seconds of the proxy's processes during the run (None for "direct").
+    proxy_cpu_s: float | None
+    upstream_cpu_s: float
+    other_cpu_s: float = 0.0
+    proxy_processes: int = 0
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        """The proxy's CPU time per request, in microseconds."""
+        if self.proxy_cpu_s is None or not self.wrk.requests:
+            return None
+        return self.proxy_cpu_s / self.wrk.requests * 1e6
+
+    @property
+    def upstream_us_per_request(self) -> float | None:
+        """The upstream's CPU time per request, in microseconds."""
+        return self.upstream_cpu_s / self.wrk.requests * 1e6 if self.wrk.requests else None
+
+    @property
+    def busy(self) -> float | None:
+        """The proxy's CPU time as a fraction of one core over the run."""
+        if self.proxy_cpu_s is None or self.wall_s <= 0:
+            return None
+        return self.proxy_cpu_s / self.wall_s
+
+    @property
+    def other_cores(self) -> float:
+        """CPU used by anything else on the machine during the run, in cores (noise)."""
+        return self.other_cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FixedRate:
+    """One open-loop run at a fixed rate against one target."""
+
+    target: str
+    payload: str
+    result: RateResult
+    proxy_cpu_s: float | None
+    other_cores: float = 0.0
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        """The proxy's CPU time per completed request, in microseconds."""
+        # The CPU counter spans warm-up, window and drain: divide by all responses.
+        if self.proxy_cpu_s is None or not self.result.completed_total:
+            return None
+        return self.proxy_cpu_s / self.result.completed_total * 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class IdleMemory:
+    """A proxy's resident memory before and while holding idle client connections."""
+
+    target: str
+    processes: int
+    rss_before: int
+    rss_idle: int
+    connections: int
+    still_open: int
+
+    @property
+    def per_connection(self) -> float:
+        """Extra bytes per idle connection."""
+        return (self.rss_idle - self.rss_before) / self.connections if self.connections else 0.0
+
+
+@dataclass(slots=True)
+class Report:
+    """Everything one benchmark run found."""
+
+    meta: dict[str, str] = field(default_factory=dict)
+    throughput: list[Throughput] = field(default_factory=list)
+    fixed_rate: list[FixedRate] = field(default_factory=list)
+    fixed_rate_note: str = ""
+    memory: list[IdleMemory] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def best_throughput(runs: Iterable[Throughput]) -> list[Throughput]:
+    """Per (payload, target), the run with the most requests/s among error-free runs if any."""
+    groups: dict[tuple[str, str], list[Throughput]] = {}
+    for run in runs:
+        groups.setdefault((run.payload, run.target), []).append(run)
+    best = []
+    for group in groups.values():
+        clean = [r for r in group if not r.wrk.errors] or group
+        best.append(max(clean, key=lambda r: r.wrk.rps))
+    return sorted(best, key=_order)
+
+
+def best_fixed_rate(runs: Iterable[FixedRate]) -> list[FixedRate]:
+    """Per (payload, target), the valid run with the lowest p99 (any run if none is valid)."""
+    groups: dict[tuple[str, str], list[FixedRate]] = {}
+    for run in runs:
+        groups.setdefault((run.payload, run.target), []).append(run)
+    best = []
+    for group in groups.values():
+        valid = [r for r in group if not r.result.problems] or group
+        best.append(min(valid, key=lambda r: _nan_last(r.result.latency.get("p99", math.nan))))
+    return sorted(best, key=_order)
+
+
+def _nan_last(value: float) -> float:
+    return math.inf if math.isnan(value) else value
+
+
+def _order(run: Throughput | FixedRate) -> tuple[int, int]:
+    payload_rank = 0 if run.payload == "1k" else 1
+    target_rank = TARGETS.index(run.target) if run.target in TARGETS else len(TARGETS)
+    return payload_rank, target_rank
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    """``value / reference``, or None when either is missing or the reference is 0."""
+    if value is None or reference is None or reference == 0:
+        return None
+    if math.isnan(value) or math.isnan(reference):
+        return None
+    return value / reference
+
+
+def _reference(runs: Sequence[Throughput], payload: str) -> Throughput | None:
+    for run in runs:
+        if run.payload == payload and run.target == REFERENCE:
+            return run
+    return None
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt_rate(value: float) -> str:
+    """Requests per second with thousands separators."""
+    return f"{value:,.0f}"
+
+
+def fmt_time(seconds: float | None) -> str:
+    """A duration in µs, ms or s with three significant figures or so."""
+    if seconds is None or math.isnan(seconds):
+        return "-"
+    if seconds < 0:
+        return "-" + fmt_time(-seconds)
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_us(value: float | None) -> str:
+    """Microseconds with one decimal."""
+    return "-" if value is None else f"{value:.1f}"
+
+
+def fmt_bytes(value: float) -> str:
+    """A size in KiB or MiB."""
+    if abs(value) < 1024 * 1024:
+        return f"{value / 1024:.1f} KiB"
+    return f"{value / 1024 / 1024:.1f} MiB"
+
+
+def fmt_ratio(value: float | None) -> str:
+    """A ratio like ``0.45x``."""
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def fmt_percent(value: float | None) -> str:
+    """A fraction as a percentage."""
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Columns padded to their widest cell; the first two left-aligned, the others right."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [
+            cell.ljust(w) if i < 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(out).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def throughput_rows(runs: Sequence[Throughput]) -> list[list[str]]:
+    """Rows of the throughput table, with ratios to nginx of the same payload."""
+    rows = []
+    for run in runs:
+        ref = _reference(runs, run.payload)
+        is_proxy = run.target not in ("direct", REFERENCE)
+        rps_ratio = ratio(run.wrk.rps, ref.wrk.rps) if ref and is_proxy else None
+        # Per-core throughput: how many requests one core serves, relative to nginx.
+        core_ratio = (
+            ratio(ref.cpu_us_per_request, run.cpu_us_per_request) if ref and is_proxy else None
+        )
+        rows.append(
+            [
+                run.payload,
+                run.target,
+                fmt_rate(run.wrk.rps),
+                fmt_time(run.wrk.p50_s),
+                fmt_time(run.wrk.p99_s),
+                fmt_us(run.cpu_us_per_request),
+                fmt_percent(run.busy),
+                fmt_us(run.upstream_us_per_request),
+                ", ".join(describe_errors(run.wrk)) or "0",
+                f"{run.other_cores:.2f}",
+                fmt_ratio(rps_ratio),
+                fmt_ratio(core_ratio),
+            ]
+        )
+    return rows
+
+
+THROUGHPUT_HEADERS = (
+    "payload",
+    "target",
+    "req/s",
+    "p50",
+    "p99",
+    "proxy CPU µs/req",
+    "proxy core busy",
+    "upstream µs/req",
+    "errors",
+    "other load",
+    "req/s vs nginx",
+    "per-core vs nginx",
+)
+
+
+def fixed_rate_rows(runs: Sequence[FixedRate]) -> list[list[str]]:
+    """Rows of the fixed-rate table; "p99 added" is the p99 minus direct's p99."""
+    direct = {r.payload: r for r in runs if r.target == "direct"}
+    rows = []
+    for run in runs:
+        res = run.result
+        base = direct.get(run.payload)
+        added = None
+        if base is not None and run.target != "direct":
+            added = res.latency.get("p99", math.nan) - base.result.latency.get("p99", math.nan)
+        rows.append(
+            [
+                run.payload,
+                run.target,
+                fmt_rate(res.target_rate),
+                fmt_rate(res.achieved_rate),
+                fmt_time(res.latency.get("p50")),
+                fmt_time(res.latency.get("p90")),
+                fmt_time(res.latency.get("p99")),
+                fmt_time(res.latency.get("p99.9")),
+                fmt_time(res.latency.get("max")),
+                fmt_time(added),
+                fmt_time(res.lag.get("p99")),
+                fmt_us(run.cpu_us_per_request),
+                f"{run.other_cores:.2f}",
+                "yes" if not res.problems else "NO",
+            ]
+        )
+    return rows
+
+
+FIXED_RATE_HEADERS = (
+    "payload",
+    "target",
+    "offered/s",
+    "achieved/s",
+    "p50",
+    "p90",
+    "p99",
+    "p99.9",
+    "max",
+    "p99 added",
+    "gen lag p99",
+    "proxy CPU µs/req",
+    "other load",
+    "valid",
+)
+
+
+def memory_rows(runs: Sequence[IdleMemory]) -> list[list[str]]:
+    """Rows of the idle-connection memory table."""
+    ref = next((m for m in runs if m.target == REFERENCE), None)
+    rows = []
+    for m in runs:
+        rows.append(
+            [
+                m.target,
+                str(m.processes),
+                fmt_bytes(m.rss_before),
+                fmt_bytes(m.rss_idle),
+                fmt_bytes(m.per_connection),
+                f"{m.still_open}/{m.connections}",
+                fmt_ratio(ratio(m.rss_idle, ref.rss_idle) if ref and m is not ref else None),
+            ]
+        )
+    return rows
+
+
+MEMORY_HEADERS = (
+    "target",
+    "processes",
+    "RSS before",
+    "RSS with idle conns",
+    "per idle conn",
+    "still open",
+    "RSS vs nginx",
+)
+
+
+def render(report: Report) -> str:
+    """The whole report as text."""
+    out = ["bluegreen proxy benchmark"]
+    width = max((len(k) for k in report.meta), default=0)
+    out += [f"  {k.ljust(width)}  {v}" for k, v in report.meta.items()]
+    if report.throughput:
+        out += ["", "Throughput: closed loop (wrk --latency), keep-alive"]
+        out += render_table(THROUGHPUT_HEADERS, throughput_rows(report.throughput))
+    if report.fixed_rate or report.fixed_rate_note:
+        out += ["", "Latency at a fixed rate: open loop (bench/pacer.c)"]
+        if report.fixed_rate_note:
+            out.append(report.fixed_rate_note)
+        if report.fixed_rate:
+            out += render_table(FIXED_RATE_HEADERS, fixed_rate_rows(report.fixed_rate))
+            for run in report.fixed_rate:
+                out += [f"  {run.target}: not valid: {p}" for p in run.result.problems]
+    if report.memory:
+        conns = report.memory[0].connections
+        out += ["", f"Memory: {conns} idle keep-alive client connections (VmRSS, summed)"]
+        out += render_table(MEMORY_HEADERS, memory_rows(report.memory))
+    if report.failures:
+        out += ["", "FAILED:"] + [f"  - {f}" for f in report.failures]
+    if report.notes:
+        out += ["", "Notes:"] + [f"  - {n}" for n in report.notes]
+    return "\n".join(out) + "\n"
+
+
+def _clean(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else value
+
+
+def _wrk_json(w: WrkResult) -> dict[str, object]:
+    return {
+        "requests": w.requests,
+        "elapsed_s": w.elapsed_s,
+        "rps": w.rps,
+        "p50_s": w.p50_s,
+        "p75_s": w.p75_s,
+        "p90_s": w.p90_s,
+        "p99_s": w.p99_s,
+        "errors": w.errors,
+    }
+
+
+def to_json(report: Report) -> dict[str, object]:
+    """The report as JSON-ready data (NaN becomes null)."""
+    throughput = []
+    for run in report.throughput:
+        ref = _reference(report.throughput, run.payload)
+        is_proxy = run.target not in ("direct", REFERENCE)
+        throughput.append(
+            {
+                "target": run.target,
+                "payload": run.payload,
+                **_wrk_json(run.wrk),
+                "proxy_cpu_us_per_request": _clean(run.cpu_us_per_request),
+                "proxy_core_busy": _clean(run.busy),
+                "upstream_cpu_us_per_request": _clean(run.upstream_us_per_request),
+                "other_load_cores": run.other_cores,
+                "rps_vs_nginx": ratio(run.wrk.rps, ref.wrk.rps) if ref and is_proxy else None,
+                "per_core_vs_nginx": (
+                    ratio(ref.cpu_us_per_request, run.cpu_us_per_request)
+                    if ref and is_proxy
+                    else None
+                ),
+            }
+        )
+    fixed = []
+    for f in report.fixed_rate:
+        data = f.result.to_dict()
+        data["latency"] = {k: _clean(v) for k, v in f.result.latency.items()}
+        data["lag"] = {k: _clean(v) for k, v in f.result.lag.items()}
+        fixed.append(
+            {
+                "target": f.target,
+                "payload": f.payload,
+                **data,
+                "proxy_cpu_us_per_request": _clean(f.cpu_us_per_request),
+                "other_load_cores": f.other_cores,
+            }
+        )
+    memory = [
+        {
+            "target": m.target,
+            "processes": m.processes,
+            "rss_before_bytes": m.rss_before,
+            "rss_idle_bytes": m.rss_idle,
+            "connections": m.connections,
+            "still_open": m.still_open,
+            "bytes_per_idle_connection": m.per_connection,
+        }
+        for m in report.memory
+    ]
+    return {
+        "meta": dict(report.meta),
+        "throughput": throughput,
+        "fixed_rate": fixed,
+        "fixed_rate_note": report.fixed_rate_note,
+        "memory": memory,
+        "failures": list(report.failures),
+        "notes": list(report.notes),
+    }
