@@ -174,6 +174,47 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutStepConfig:
+    """One ramp step: the new colour's weight (basis points) and how long to bake it."""
+
+    weight_bp: int
+    bake: float
+
+
+DEFAULT_ROLLOUT_STEPS = (
+    RolloutStepConfig(1000, 60.0),
+    RolloutStepConfig(5000, 60.0),
+    RolloutStepConfig(10000, 60.0),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutMigrationsConfig:
+    """The migrations a rollout runs (expand and migrate before traffic, contract after)."""
+
+    directory: str | None = None  # None: the rollout runs no migrations
+    database_url: str | None = None
+    allow_hazards: tuple[str, ...] = ()
+    lock_timeout: float = 2.0
+    statement_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutConfig:
+    """The ``rollout:`` section: the default ramp and the controller's timeouts."""
+
+    steps: tuple[RolloutStepConfig, ...] = DEFAULT_ROLLOUT_STEPS
+    confirm_timeout: float = 30.0  # every live replica must apply a weight within this
+    drain_timeout: float = 120.0  # in-flight requests of a colour sent back to 0 %
+    check_old_colour: bool = True  # re-run the live colour's smoke tests after migrations
+    down_migrations_on_rollback: bool = False
+    contract_grace: float = 86_400.0  # after the old colour drained, before contract
+    auto_contract: bool = False
+    leadership_retry: float = 2.0  # how often a standby controller tries to take over
+    migrations: RolloutMigrationsConfig = RolloutMigrationsConfig()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -191,6 +232,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
+    rollout: RolloutConfig = RolloutConfig()
     source: str | None = None
 
 
@@ -592,6 +634,78 @@ def _parse_admin(s: _Section) -> AdminConfig:
     return cfg
 
 
+def _parse_rollout_steps(value: object, key: str) -> tuple[RolloutStepConfig, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, "expected a list of steps like [{weight: 10, bake: 5m}, ...]")
+    steps: list[RolloutStepConfig] = []
+    for i, item in enumerate(value):
+        s = _Section(item, f"{key}[{i}]")
+        if not s.has("weight"):
+            raise ConfigError(s.key("weight"), "missing; give the percent of traffic, e.g. 10")
+        weight = s.get("weight", parse_percent, 0)
+        if weight == 0:
+            raise ConfigError(s.key("weight"), "a step must send some traffic (0.01..100)")
+        if steps and weight <= steps[-1].weight_bp:
+            raise ConfigError(
+                s.key("weight"),
+                f"{weight / 100:g} is not above the previous step's "
+                f"{steps[-1].weight_bp / 100:g}: weights only go up during a rollout",
+            )
+        steps.append(RolloutStepConfig(weight, s.get("bake", parse_duration, 60.0)))
+        s.finish()
+    return tuple(steps)
+
+
+def _parse_rollout(s: _Section) -> RolloutConfig:
+    d = RolloutConfig()
+
+    def positive(value: object, key: str) -> float:
+        seconds = parse_duration(value, key)
+        if seconds <= 0:
+            raise ConfigError(key, "must be greater than 0")
+        return seconds
+
+    def optional_text(value: object, key: str) -> str | None:
+        if value is None or value == "":
+            return None  # e.g. ${DATABASE_URL:-} when the variable is unset
+        return parse_str(value, key)
+
+    def hazards(value: object, key: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise ConfigError(key, "expected a list of lint rule ids, e.g. [ban-drop-column]")
+        return tuple(parse_str(v, f"{key}[{i}]") for i, v in enumerate(value))
+
+    ms = s.section("migrations")
+    dm = d.migrations
+    migrations = RolloutMigrationsConfig(
+        directory=ms.get("directory", optional_text, dm.directory),
+        database_url=ms.get("database_url", optional_text, dm.database_url),
+        allow_hazards=ms.get("allow_hazards", hazards, dm.allow_hazards),
+        lock_timeout=ms.get("lock_timeout", positive, dm.lock_timeout),
+        statement_timeout=ms.get("statement_timeout", parse_duration, dm.statement_timeout),
+    )
+    ms.finish()
+    if migrations.database_url is not None and not migrations.database_url.lower().startswith(
+        ("postgresql://", "postgres://")
+    ):
+        raise ConfigError(ms.key("database_url"), "expected postgresql://USER@HOST:PORT/DATABASE")
+    cfg = RolloutConfig(
+        steps=s.get("steps", _parse_rollout_steps, d.steps),
+        confirm_timeout=s.get("confirm_timeout", positive, d.confirm_timeout),
+        drain_timeout=s.get("drain_timeout", positive, d.drain_timeout),
+        check_old_colour=s.get("check_old_colour", parse_bool, d.check_old_colour),
+        down_migrations_on_rollback=s.get(
+            "down_migrations_on_rollback", parse_bool, d.down_migrations_on_rollback
+        ),
+        contract_grace=s.get("contract_grace", parse_duration, d.contract_grace),
+        auto_contract=s.get("auto_contract", parse_bool, d.auto_contract),
+        leadership_retry=s.get("leadership_retry", positive, d.leadership_retry),
+        migrations=migrations,
+    )
+    s.finish()
+    return cfg
+
+
 def parse_config(data: object, *, source: str | None = None) -> Config:
     """Validate an already-loaded (and interpolated) document into a Config."""
     # Imported here: these parsers use this module's helpers (_Section, parse_*).
@@ -617,6 +731,7 @@ def parse_config(data: object, *, source: str | None = None) -> Config:
             health=parse_health(root.raw("health"), root.key("health")),
             notifications=parse_notifications(root.raw("notifications"), root.key("notifications")),
             preflight=parse_preflight(root.raw("preflight"), root.key("preflight")),
+            rollout=_parse_rollout(root.section("rollout")),
             source=source,
         )
         root.finish()

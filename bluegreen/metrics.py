@@ -332,3 +332,119 @@ class _ProxyCollector(Collector):
             pool_waiting.add_metric([c, gauge.server], gauge.waiting)
         log_dropped.add_metric([], m.access_log_dropped())
         return families
+
+
+# --------------------------------------------------------------------------- rollouts
+
+# Upper bounds (seconds) of the detection/fallback-time histograms; +Inf is implied.
+DETECTION_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutGaugeView:
+    """Where the stored rollout is, read at scrape time (``step`` is 1-based, 0 when none)."""
+
+    phase: str
+    step: int
+    target_ratio: float
+
+
+class _SimpleHistogram:
+    """Bucket counts (not cumulative, last = +Inf) and a sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DETECTION_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(DETECTION_BUCKETS, max(0.0, value))] += 1
+        self.total += max(0.0, value)
+
+    def buckets(self) -> list[tuple[str, float]]:
+        cumulative = 0
+        out: list[tuple[str, float]] = []
+        for bound, count in zip(DETECTION_BUCKETS, self.counts, strict=False):
+            cumulative += count
+            out.append((repr(bound), cumulative))
+        out.append(("+Inf", cumulative + self.counts[-1]))
+        return out
+
+
+class RolloutMetrics(Collector):
+    """The rollout controller's metrics for one process.
+
+    ``view`` reads the stored rollout (every replica reports the same phase);
+    ``leading`` says whether this process leads. Counters and histograms
+    count what *this* process did (the fallbacks it started, the detection
+    times it measured), so summing them over replicas counts each once.
+    """
+
+    def __init__(
+        self,
+        phases: Iterable[str],
+        view: Callable[[], RolloutGaugeView | None],
+        leading: Callable[[], bool],
+    ) -> None:
+        self.phases = tuple(phases)
+        self._view = view
+        self._leading = leading
+        self.rollbacks: dict[str, int] = {}
+        self.detection = _SimpleHistogram()
+        self.fallback = _SimpleHistogram()
+
+    def rollback(self, reason: str) -> None:
+        """Count a fallback (any reason: analysis, smoke, operator abort...)."""
+        self.rollbacks[reason] = self.rollbacks.get(reason, 0) + 1
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families(with_values=False))
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families(with_values=True))
+
+    def _families(self, *, with_values: bool) -> list[Metric]:
+        phase = GaugeMetricFamily(
+            "bluegreen_rollout_phase",
+            "1 for the phase the current rollout is in (idle when none was started).",
+            labels=["phase"],
+        )
+        step = GaugeMetricFamily(
+            "bluegreen_rollout_step", "Current ramp step of the rollout, 1-based (0 when none)."
+        )
+        target = GaugeMetricFamily(
+            "bluegreen_rollout_target_weight_ratio",
+            "Share of traffic the rollout asks for its new colour (0..1).",
+        )
+        leader = GaugeMetricFamily(
+            "bluegreen_rollout_leader", "1 when this process leads the rollout controller."
+        )
+        rollbacks = CounterMetricFamily(
+            "bluegreen_rollbacks",
+            "Rollouts this process sent back to the old colour, by reason.",
+            labels=["reason"],
+        )
+        detection = HistogramMetricFamily(
+            "bluegreen_rollout_detection_seconds",
+            "From the first failing measurement of the new colour to the decision to fall back.",
+        )
+        fallback = HistogramMetricFamily(
+            "bluegreen_rollout_fallback_seconds",
+            "From the first failing measurement of the new colour to 0 % on every replica.",
+        )
+        families: list[Metric] = [phase, step, target, leader, rollbacks, detection, fallback]
+        if not with_values:
+            return families
+        view = self._view()
+        current = view.phase if view is not None else "idle"
+        for name in self.phases:
+            phase.add_metric([name], 1.0 if name == current else 0.0)
+        step.add_metric([], float(view.step) if view is not None else 0.0)
+        target.add_metric([], view.target_ratio if view is not None else 0.0)
+        leader.add_metric([], 1.0 if self._leading() else 0.0)
+        for reason, count in sorted(self.rollbacks.items()):
+            rollbacks.add_metric([reason], count)
+        detection.add_metric([], self.detection.buckets(), self.detection.total)
+        fallback.add_metric([], self.fallback.buckets(), self.fallback.total)
+        return families

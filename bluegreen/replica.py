@@ -51,6 +51,7 @@ from bluegreen.admin import (
     start_admin,
 )
 from bluegreen.config import DEFAULT_STATE_URL
+from bluegreen.controller.stats import TRAFFIC_KEY, traffic_payload, wants_fast_heartbeats
 from bluegreen.errors import ConfigError
 from bluegreen.flags import FlagHeaderCache
 from bluegreen.health.probes import HealthProber
@@ -61,10 +62,13 @@ from bluegreen.state.store import StateStore, run_heartbeats
 
 if TYPE_CHECKING:
     from bluegreen.config import Address, Config
+    from bluegreen.metrics import StatsSnapshot
     from bluegreen.proxy import ProxyServer
     from bluegreen.rollout_config import ProbeConfig
 
 log = structlog.get_logger("bluegreen.replica")
+
+DRAIN_REPORT_TIMEOUT = 600.0  # seconds a replica watches a colour it stopped sending to
 
 
 # --------------------------------------------------------------------------- the replica
@@ -95,6 +99,14 @@ class Replica:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: list[Callable[[], None]] = []
+        # The proxy's per-colour counters, published in heartbeats for the rollout
+        # controller (analysis and drains); heartbeats run every ``fast_interval``
+        # while a rollout is active.
+        self.stats: Callable[[], StatsSnapshot] | None = None
+        self.fast_interval: float | None = None
+        self._fast = False
+        self._ticker: asyncio.Task[None] | None = None
+        self._drain_waits: set[asyncio.Task[None]] = set()
 
     # ----------------------------------------------------------------- applying
 
@@ -123,6 +135,11 @@ class Replica:
             return
         self.applied = doc
         self._wake.set()
+        self._fast = wants_fast_heartbeats(doc.rollout)
+        if previous is not None and self.proxy is not None:
+            for colour in Colour:
+                if previous.weight_bp(colour) and not doc.weight_bp(colour):
+                    self._report_when_drained(colour)
         if previous is None or previous.green_weight_bp != doc.green_weight_bp:
             log.info(
                 "weights_applied",
@@ -130,6 +147,23 @@ class Replica:
                 green_percent=doc.green_weight_bp / 100,
                 replica=self.id,
             )
+
+    def _report_when_drained(self, colour: Colour) -> None:
+        """Heartbeat as soon as ``colour``'s last request finishes (a drain is being awaited)."""
+        proxy = self.proxy
+        if proxy is None:
+            return
+
+        async def wait() -> None:
+            if await proxy.wait_drained(colour, DRAIN_REPORT_TIMEOUT):
+                self._wake.set()
+
+        try:
+            task = asyncio.get_running_loop().create_task(wait(), name=f"drain report {colour}")
+        except RuntimeError:  # no running loop (a synchronous caller): the next beat reports it
+            return
+        self._drain_waits.add(task)
+        task.add_done_callback(self._drain_waits.discard)
 
     def header_line(self, key: bytes | None, colour: Colour) -> bytes:
         """The proxy's request-header hook: the ``X-Bluegreen-Flags`` line for this request."""
@@ -151,8 +185,13 @@ class Replica:
             pid=os.getpid(),
             listen=self.listen,
             started_at=self.started_at,
-            extra={**self.extra, "bluegreen": __version__},
+            extra={**self.extra, **self._traffic(), "bluegreen": __version__},
         )
+
+    def _traffic(self) -> dict[str, object]:
+        if self.stats is None:
+            return {}
+        return {TRAFFIC_KEY: traffic_payload(self.stats())}
 
     def start_heartbeats(self) -> None:
         """Heartbeat now, every ``heartbeat_interval`` and right after each apply."""
@@ -164,12 +203,29 @@ class Replica:
                 ),
                 name=f"heartbeats {self.id}",
             )
+        if self._ticker is None and self.fast_interval is not None:
+            self._ticker = asyncio.create_task(self._tick_fast(), name=f"fast heartbeats {self.id}")
+
+    async def _tick_fast(self) -> None:
+        """While a rollout is active, wake the heartbeat every ``fast_interval``."""
+        interval = self.fast_interval or self.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            if self._fast:
+                self._wake.set()
 
     async def stop(self) -> None:
         """Stop following the store and heartbeating (the store marks us stopped on close)."""
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
+        for task in [self._ticker, *self._drain_waits]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._ticker = None
+        self._drain_waits.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -351,6 +407,8 @@ class ControlPlaneSettings:
     # HTTP health probes (health.probes); None or disabled: TCP reachability checks.
     probes: ProbeConfig | None = None
     reachability_interval: float = 2.0
+    # Heartbeat interval while a rollout is active (analysis windows, drains).
+    rollout_heartbeat_interval: float = 0.5
 
     @classmethod
     def from_config(
@@ -376,6 +434,9 @@ class ControlPlaneSettings:
                 max_event_streams=admin.max_event_streams,
             ),
             probes=config.health.probes,
+            rollout_heartbeat_interval=max(
+                0.1, min(state.heartbeat_interval, 0.5, config.health.analysis_interval)
+            ),
         )
 
 
@@ -503,6 +564,8 @@ class ControlPlane:
         """
         host, port = proxy.address
         replica = self.replica_for(f"{host}:{port}")
+        replica.stats = proxy.stats_snapshot
+        replica.fast_interval = self.settings.rollout_heartbeat_interval
         replica.attach(proxy)
         await self._start_health(proxy)
         proxy.metrics.register(ControlPlaneCollector(replica, self.upstream_health))

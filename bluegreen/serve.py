@@ -5,6 +5,11 @@ connections, let in-flight requests finish (their responses say
 ``Connection: close``) for up to ``timeouts.drain``, then exit 0. A second
 signal during the drain cuts what is left and exits 1.
 
+Every replica also runs a rollout controller
+(:class:`~bluegreen.controller.runner.RolloutController`): its admin routes
+take operator commands, and the one replica that wins the leadership drives
+the rollout. A draining replica steps down first, so another takes over.
+
 The control plane (:class:`~bluegreen.replica.ControlPlane`) opens the state
 store before the proxy starts, pushes the stored weights and flags into it
 before the first request, heartbeats, and serves the admin API; it stops
@@ -24,7 +29,10 @@ from typing import IO
 
 import structlog
 
+from bluegreen.admin_rollout import rollout_routes
 from bluegreen.config import Config
+from bluegreen.controller.executors import ControllerSettings
+from bluegreen.controller.runner import RolloutController
 from bluegreen.logs import AccessLog, ThreadedWriter, configure_logging
 from bluegreen.proxy import ProxyServer
 from bluegreen.replica import ControlPlane, ControlPlaneSettings
@@ -91,6 +99,10 @@ async def _serve(
         proxy.metrics.access_log_dropped = lambda: writer.dropped
     stop = asyncio.Event()
     signals_seen: list[int] = []
+    controller = RolloutController(
+        plane.store, ControllerSettings.from_config(config), actor=f"controller@{plane.actor}"
+    )
+    routes, schemas = rollout_routes(controller)
 
     def on_signal(signum: int) -> None:
         signals_seen.append(signum)
@@ -100,8 +112,19 @@ async def _serve(
         await proxy.start()
         try:
             # Its first step, before any await, pushes the stored weights into the proxy.
-            admin = await plane.start(proxy)
+            admin = await plane.start(proxy, extra_routes=routes, extra_schemas=schemas)
+            replica = plane.replica
+            controller.attach(
+                proxy=proxy,
+                prober=plane.health,
+                replica_id=replica.id if replica is not None else None,
+                replica_extra=replica.extra if replica is not None else None,
+                metrics_url=f"{admin.url}/metrics",
+            )
+            proxy.metrics.register(controller.metrics)
+            await controller.start()
         except BaseException:
+            await controller.stop()
             await proxy.stop()
             raise
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -120,6 +143,8 @@ async def _serve(
         if ready is not None:
             ready(proxy)
         await stop.wait()
+        # Step down first, so another replica takes over the rollout while this one drains.
+        await controller.step_down()
         log.info(
             "drain_started",
             signal=signal.Signals(signals_seen[0]).name,
@@ -139,6 +164,7 @@ async def _serve(
         log.info("proxy_stopped", drained=drain.result())
         return EXIT_OK
     finally:
+        await controller.stop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         if writer is not None:

@@ -24,6 +24,7 @@ EXIT_USAGE = 2
 _COMMAND_MODULES = (
     "bluegreen.cli.serve_cmd",
     "bluegreen.cli.control_cmd",
+    "bluegreen.cli.rollout_cmd",
     "bluegreen.cli.migrate_cmd",
 )
 
