@@ -642,7 +642,11 @@ async def get_weights(request: web.Request) -> web.StreamResponse:
     return json_response(weights_to_dict(doc), headers=_etag(doc))
 
 
-WEIGHT_FIELDS: Final = ("green", "mirror", "reason")
+WEIGHT_FIELDS: Final = ("green", "mirror", "reason", "force")
+# While a rollout is in one of these phases its controller owns the weights.
+CONTROLLER_OWNS_WEIGHTS: Final = frozenset(
+    {"preflight", "migrating", "smoke", "ramp", "bake", "rolling_back"}
+)
 
 
 async def put_weights(request: web.Request) -> web.StreamResponse:
@@ -658,9 +662,21 @@ async def put_weights(request: web.Request) -> web.StreamResponse:
     reason = body.get("reason")
     if reason is not None:
         reason = check_text(reason, "reason")
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise ApiError(422, f"expected true or false, got {force!r}", field="force")
     now = ctx.clock()
 
     def change(doc: StateDocument) -> StateDocument:
+        phase = (doc.rollout or {}).get("phase")
+        if phase in CONTROLLER_OWNS_WEIGHTS and not force:
+            raise ApiError(
+                409,
+                f'rollout phase is "{phase}": its controller sets the weights. '
+                "Pause or abort it (bluegreen rollout pause|abort), or send "
+                '"force": true to override it anyway',
+                field="green",
+            )
         return with_weights(doc, green_bp, ctx.actor, now, mirror_bp=mirror_bp, reason=reason)
 
     doc, wrote = await write_state(ctx, change, expected)

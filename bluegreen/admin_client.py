@@ -149,6 +149,7 @@ class AdminClient:
         reason: str | None = None,
         wait: float | None = None,
         if_match: int | None = None,
+        force: bool = False,
     ) -> Answer:
         """PUT /api/v1/weights; ``wait`` in seconds (the answer is 202 when not applied)."""
         body: dict[str, Any] = {"green": green}
@@ -156,6 +157,8 @@ class AdminClient:
             body["mirror"] = mirror
         if reason:
             body["reason"] = reason
+        if force:
+            body["force"] = True
         return self.request(
             "PUT",
             "/api/v1/weights",

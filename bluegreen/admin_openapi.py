@@ -190,6 +190,11 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
                 "oneOf": [{**_TEXT, "minLength": 1}, {"type": "null"}],
                 "description": "Recorded in the history.",
             },
+            "force": {
+                "type": "boolean",
+                "description": "Set the weights even while a rollout's controller owns them "
+                "(otherwise 409).",
+            },
         },
     },
     "Replica": {

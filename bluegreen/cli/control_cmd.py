@@ -131,6 +131,11 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         metavar="VERSION",
         help="only if the state is still at this version (exit 1 on conflict)",
     )
+    wset.add_argument(
+        "--force",
+        action="store_true",
+        help="set the weights even while a rollout's controller owns them",
+    )
     _wait_option(wset)
     add_output_option(wset)
     _client_options(wset)
@@ -269,7 +274,12 @@ def run_weights_set(args: argparse.Namespace) -> int:
     mirror = None if args.mirror is None else parse_percent(args.mirror, "--mirror")
     wait = _wait_seconds(args)
     answer = _client(args).set_weights(
-        green, mirror=mirror, reason=args.reason, wait=wait, if_match=args.if_match
+        green,
+        mirror=mirror,
+        reason=args.reason,
+        wait=wait,
+        if_match=args.if_match,
+        force=args.force,
     )
 
     def render(body: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ import aiohttp
 import pytest
 
 from bluegreen.admin import ROUTES, AdminSettings, Route
+from bluegreen.controller.machine import Start, transition
 from bluegreen.routing import Colour
+from bluegreen.state.model import with_rollout
 from tests.integration.admin_fixtures import TOKEN, AdminEnv, running_admin
 from tests.integration.proxy_fixtures import blue, eventually, green  # noqa: F401
 from tests.integration.upstreams import Upstream
@@ -641,3 +644,42 @@ async def test_dashboard_queries_only_metrics_the_admin_api_exposes(env: AdminEn
     used = {m for e in exprs for m in re.findall(metric, e)}
     assert used
     assert used <= names, used - names
+
+
+async def _store_active_rollout(env: AdminEnv) -> None:
+    """Persist a real rollout record (phase preflight) as the controller would."""
+    rollout, _ = transition(None, Start(version="v2", current_green_bp=0), now=1000.0)
+    await env.store.update(
+        lambda doc: with_rollout(doc, rollout.to_json(), "test", datetime.now(UTC))
+    )
+
+
+async def test_weights_are_refused_while_a_rollout_owns_them(env: AdminEnv) -> None:
+    await _store_active_rollout(env)
+    before = env.store.current.version
+    response = await env.put_weights(50)
+    body = await json_of(response)
+    assert response.status == 409
+    assert body["field"] == "green"
+    assert 'rollout phase is "preflight"' in body["error"]
+    assert "force" in body["error"]
+    assert env.store.current.version == before
+    assert env.store.current.green_weight_bp == 0
+
+
+async def test_force_overrides_an_active_rollout(env: AdminEnv) -> None:
+    await _store_active_rollout(env)
+    response = await env.session.put(
+        f"{env.url}/api/v1/weights", json={"green": 50, "force": True}, headers=env.auth()
+    )
+    assert response.status == 200, await response.text()
+    assert env.store.current.green_weight_bp == 5000
+
+
+async def test_force_must_be_a_boolean(env: AdminEnv) -> None:
+    response = await env.session.put(
+        f"{env.url}/api/v1/weights", json={"green": 50, "force": "yes"}, headers=env.auth()
+    )
+    body = await json_of(response)
+    assert response.status == 422
+    assert body["field"] == "force"
