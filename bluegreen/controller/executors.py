@@ -565,6 +565,12 @@ async def run_contract(
     """Check the old colour is idle, then apply the contract phase (checked again per file)."""
     s = ctx.settings
     try:
+        # The record that started the contract is itself a new state version:
+        # let every replica report it before judging their traffic, or a
+        # heartbeat a few milliseconds old would refuse the contract.
+        await ctx.store.wait_applied(
+            ctx.store.current.version, rollout.options.confirm_timeout_seconds
+        )
         problem = await idle_problem(ctx, action.idle_colour)
     except StateError as exc:
         problem = f"cannot read the replicas: {exc}"
