@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "bluegreen.cli.control_cmd",
     "bluegreen.cli.rollout_cmd",
     "bluegreen.cli.migrate_cmd",
+    "bluegreen.cli.demo_cmd",
 )
 
 

