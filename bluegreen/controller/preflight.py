@@ -284,9 +284,12 @@ async def run_preflight(
         session = probe_session(inputs.health.probes)
     cfg = inputs.preflight
     try:
+        # Read once, used by the migration items and by the health items (the
+        # target may wait for its schema).
+        statuses = asyncio.ensure_future(_load_statuses(inputs))
         groups: list[tuple[tuple[str, ...], Awaitable[list[PreflightItem]]]] = [
-            (_MIGRATION_ITEMS, _migration_items(inputs)),
-            (_HEALTH_ITEMS, _health_items(inputs, session)),
+            (_MIGRATION_ITEMS, _migration_items(inputs, statuses)),
+            (_HEALTH_ITEMS, _health_items(inputs, session, statuses)),
             (("monitoring_active",), _monitoring_item(inputs, session)),
             (("backup_recent",), _backup_item(inputs)),
         ]
@@ -369,18 +372,35 @@ _MIGRATION_ITEMS: Final = (
 )
 
 
-async def _migration_items(inputs: PreflightInputs) -> list[PreflightItem]:
+_NO_MIGRATIONS_DIR: Final = "no migrations directory configured"
+
+
+async def _load_statuses(inputs: PreflightInputs) -> list[MigrationStatus] | str:
+    """Every migration's status, or why it cannot be read."""
     directory, url = inputs.migrations_dir, inputs.database_url
     if directory is None:
-        return [_skipped(n, "no migrations directory configured") for n in _MIGRATION_ITEMS]
+        return _NO_MIGRATIONS_DIR
     if not url:
-        why = "no database URL to compare the migration files with; set DATABASE_URL"
-        return [_item(n, False, why) for n in _MIGRATION_ITEMS]
+        return "no database URL to compare the migration files with; set DATABASE_URL"
     try:
-        statuses = await migration_runner.status(url, directory)
+        return await migration_runner.status(url, directory)
     except (MigrationError, UsageError) as exc:
-        return [_item(n, False, str(exc)) for n in _MIGRATION_ITEMS]
-    pending = [s for s in statuses if s.state in RUNNABLE_STATES and s.file is not None]
+        return str(exc)
+
+
+def _pending(statuses: Sequence[MigrationStatus]) -> list[MigrationStatus]:
+    return [s for s in statuses if s.state in RUNNABLE_STATES and s.file is not None]
+
+
+async def _migration_items(
+    inputs: PreflightInputs, loading: Awaitable[list[MigrationStatus] | str]
+) -> list[PreflightItem]:
+    statuses = await loading
+    if statuses == _NO_MIGRATIONS_DIR:
+        return [_skipped(n, _NO_MIGRATIONS_DIR) for n in _MIGRATION_ITEMS]
+    if isinstance(statuses, str):
+        return [_item(n, False, statuses) for n in _MIGRATION_ITEMS]
+    pending = _pending(statuses)
     history = _history_item(statuses)
     if not pending:
         none = "no pending migrations"
@@ -491,7 +511,9 @@ _HEALTH_ITEMS: Final = ("health_checks_implemented", "colours_healthy")
 
 
 async def _health_items(
-    inputs: PreflightInputs, session: aiohttp.ClientSession
+    inputs: PreflightInputs,
+    session: aiohttp.ClientSession,
+    loading: Awaitable[list[MigrationStatus] | str],
 ) -> list[PreflightItem]:
     probe = inputs.health.probes
     order = [inputs.target.other, inputs.target]  # live first, as people read it
@@ -528,12 +550,40 @@ async def _health_items(
     failing = [
         f"{c} {s}: {r.detail}" for (c, s), r in zip(targets, results, strict=True) if not r.ok
     ]
+    # The new version's health check may require the schema its own expand and
+    # migrate files create (the seed's /health does): until they have run, a
+    # target that answers is enough; the smoke phase checks its health after.
+    waiting = [
+        f"{c} {s}"
+        for (c, s), r in zip(targets, results, strict=True)
+        if c is inputs.target and not r.ok and r.status is not None
+    ]
+    statuses = await loading
+    schema_pending = (
+        sum(1 for m in _pending(statuses) if m.phase != MigrationPhase.CONTRACT)
+        if not isinstance(statuses, str)
+        else 0
+    )
+    if waiting and schema_pending and len(waiting) == len(failing):
+        failing = []
+    else:
+        waiting = []
     if empty:
         failing = [
             f"{c} has no servers; list them under upstreams.{c}.servers" for c in empty
         ] + failing
     if failing:
         healthy = _item("colours_healthy", False, _listed(failing, noun="more failing"))
+    elif waiting:
+        live = inputs.target.other
+        healthy = _item(
+            "colours_healthy",
+            True,
+            f"{live}: {len(inputs.servers.get(live, ()))} healthy; {inputs.target} answers "
+            f"{where} but is not healthy yet ({_listed(waiting)}): it waits for its "
+            f"{schema_pending} pending expand/migrate migration(s); the smoke phase checks "
+            "it after they run",
+        )
     else:
         counts = "; ".join(f"{c}: {len(inputs.servers.get(c, ()))} healthy" for c in order)
         healthy = _item("colours_healthy", True, f"{counts} ({where})")

@@ -13,13 +13,8 @@ Secrets stay out of the file: the admin token comes from
 rollout's migrations) from ``DATABASE_URL``, both in the environment of the
 ``serve`` process.
 
-Two choices differ from what a production config would say, on purpose:
+One choice differs from what a production config would say, on purpose:
 
-* ``preflight.items.colours_healthy: warn``. Green runs v2, whose ``/health``
-  is the seed's: it answers 503 until the schema has ``orders.status_code``,
-  which the rollout's own expand/migrate phases create. Green's health is
-  checked where it can pass: by the smoke tests after the migrations and by
-  the probes during the ramp. Blue's health is still shown in the preflight.
 * ``health.analysis.p99_floor: 1s``. On a laptop running the load, the
   proxy, both apps and PostgreSQL on a few cores, p99 latency jitters by tens
   of milliseconds; a latency "regression" below a second is noise here.
@@ -140,7 +135,6 @@ def serve_config(settings: DemoServeSettings) -> dict[str, Any]:
         "smoke": smoke_section(),
         "preflight": {
             "items": {
-                "colours_healthy": "warn",  # v2's /health needs the migrations first
                 "backup_recent": "skip",  # throwaway demo data
                 "notifications_configured": "warn",
             }

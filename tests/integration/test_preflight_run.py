@@ -415,3 +415,68 @@ async def test_checks_run_concurrently(
     assert report.item("backup_recent").ok
     assert report.item("monitoring_active").ok
     assert report.seconds < 1.8  # two one-second checks side by side, not one after the other
+
+
+UNHEALTHY = {"/health": (503, '{"status": "unhealthy"}'), "/metrics": (200, METRICS)}
+
+
+async def test_a_target_waiting_for_its_pending_schema_passes_health(
+    migrations: Path, pg_dsn: str
+) -> None:
+    # The seed's /health on the new version is 503 until its expand migration ran.
+    blue, green = await serve(HEALTHY), await serve(UNHEALTHY)
+    try:
+        await runner.apply(pg_dsn, migrations)
+        write_migration(
+            migrations, "0002_add_status_code.sql", "expand", ADD_STATUS_CODE, DROP_STATUS_CODE
+        )
+        servers = {Colour.BLUE: [blue.address], Colour.GREEN: [green.address]}
+        report = await check(
+            everything({"blue": blue, "green": green}, migrations, pg_dsn, servers=servers)
+        )
+        item = report.item("colours_healthy")
+        assert item.ok, item.reason
+        assert "waits for its 1 pending expand/migrate migration(s)" in item.reason
+        assert f"green {green.address}" in item.reason
+    finally:
+        await blue.runner.cleanup()
+        await green.runner.cleanup()
+
+
+async def test_an_unhealthy_target_without_pending_schema_fails_health(
+    migrations: Path, pg_dsn: str
+) -> None:
+    blue, green = await serve(HEALTHY), await serve(UNHEALTHY)
+    try:
+        await runner.apply(pg_dsn, migrations)
+        servers = {Colour.BLUE: [blue.address], Colour.GREEN: [green.address]}
+        report = await check(
+            everything({"blue": blue, "green": green}, migrations, pg_dsn, servers=servers)
+        )
+        item = report.item("colours_healthy")
+        assert item.blocking
+        assert item.reason.startswith(f"green {green.address}:")
+    finally:
+        await blue.runner.cleanup()
+        await green.runner.cleanup()
+
+
+async def test_an_unhealthy_live_colour_fails_health_even_with_pending_schema(
+    migrations: Path, pg_dsn: str
+) -> None:
+    blue, green = await serve(UNHEALTHY), await serve(UNHEALTHY)
+    try:
+        await runner.apply(pg_dsn, migrations)
+        write_migration(
+            migrations, "0002_add_status_code.sql", "expand", ADD_STATUS_CODE, DROP_STATUS_CODE
+        )
+        servers = {Colour.BLUE: [blue.address], Colour.GREEN: [green.address]}
+        report = await check(
+            everything({"blue": blue, "green": green}, migrations, pg_dsn, servers=servers)
+        )
+        item = report.item("colours_healthy")
+        assert item.blocking
+        assert f"blue {blue.address}" in item.reason
+    finally:
+        await blue.runner.cleanup()
+        await green.runner.cleanup()
