@@ -85,6 +85,7 @@ from bluegreen.state.model import (
     document_to_dict,
     flag_to_dict,
     history_entry_to_dict,
+    json_type_name,
     replica_status_to_dict,
     with_flag,
     with_weights,
@@ -380,7 +381,7 @@ async def read_json_object(
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise ApiError(422, f"expected a JSON object, got {_json_type(obj)}", field="body")
+        raise ApiError(422, f"expected a JSON object, got {json_type_name(obj)}", field="body")
     allowed_set = set(allowed)
     for key in obj:
         if key not in allowed_set:
@@ -390,20 +391,6 @@ async def read_json_object(
         if key not in obj:
             raise ApiError(422, "missing", field=key)
     return obj
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def query_params(request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
@@ -421,18 +408,23 @@ def query_params(request: web.Request, allowed: Iterable[str]) -> dict[str, str]
 
 
 _DURATION: Final = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)(ms|s|m)?")
-_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _WAIT: Final = re.compile(WAIT_PATTERN)
 _WINDOW: Final = re.compile(WINDOW_PATTERN)
+
+
+def duration_seconds(pattern: re.Pattern[str], text: str) -> float | None:
+    """Seconds if all of ``text`` matches ``pattern`` (a number group, an ms/s/m/h group)."""
+    match = pattern.fullmatch(text)
+    return None if match is None else float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
 def parse_wait(text: str, *, field: str = "wait", window: bool = False) -> float:
     """Seconds from ``5s``, ``500ms``, ``1m`` or plain seconds (0..300 s; windows 0..60 s)."""
     maximum = MAX_STATS_WINDOW if window else MAX_WAIT_SECONDS
-    match = _DURATION.fullmatch(text)
-    if match is None:
+    seconds = duration_seconds(_DURATION, text)
+    if seconds is None:
         raise InvalidFieldError(field, f'expected a duration like "5s" or "500ms", got {text!r}')
-    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     # The pattern (shared with the OpenAPI document) also bounds the range.
     if seconds > maximum or (_WINDOW if window else _WAIT).fullmatch(text) is None:
         raise InvalidFieldError(field, f"{text} is out of range; use at most {maximum:g}s")
@@ -460,7 +452,7 @@ def parse_percent(value: object, field: str) -> int:
     """Basis points from a JSON percentage (0..100 in 0.01 steps)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidFieldError(
-            field, f"expected a number 0..100 (percent), got {_json_type(value)}"
+            field, f"expected a number 0..100 (percent), got {json_type_name(value)}"
         )
     try:
         return percent_to_bp(value)
@@ -555,6 +547,14 @@ async def wait_result(ctx: AdminContext, version: int, seconds: float) -> dict[s
         "replicas": [replica_status_to_dict(s) for s in statuses],
         "behind": behind,
     }
+
+
+def _write_conditions(request: web.Request) -> tuple[dict[str, str], int | None]:
+    """A state write's ``?wait`` (checked before anything is written) and ``If-Match``."""
+    params = query_params(request, ("wait",))
+    if "wait" in params:
+        parse_wait(params["wait"])
+    return params, parse_if_match(request.headers.get("If-Match"))
 
 
 async def _answer_write(
@@ -652,10 +652,7 @@ CONTROLLER_OWNS_WEIGHTS: Final = frozenset(
 async def put_weights(request: web.Request) -> web.StreamResponse:
     """Set green's share (percent); optional ``If-Match`` and ``?wait``."""
     ctx = context(request)
-    params = query_params(request, ("wait",))
-    if "wait" in params:
-        parse_wait(params["wait"])
-    expected = parse_if_match(request.headers.get("If-Match"))
+    params, expected = _write_conditions(request)
     body = await read_json_object(request, allowed=WEIGHT_FIELDS, required=("green",))
     green_bp = parse_percent(body["green"], "green")
     mirror_bp = parse_percent(body["mirror"], "mirror") if body.get("mirror") is not None else None
@@ -730,14 +727,14 @@ def flag_from_body(name: str, body: Mapping[str, Any]) -> Flag:
     if allow is None:
         allow = []
     if not isinstance(allow, list):
-        raise InvalidFieldError("allow", f"expected an array of keys, got {_json_type(allow)}")
+        raise InvalidFieldError("allow", f"expected an array of keys, got {json_type_name(allow)}")
     if len(allow) > MAX_API_ALLOW:
         raise InvalidFieldError(
             "allow", f"{len(allow)} keys; at most {MAX_API_ALLOW} (use percent for more)"
         )
     for i, key in enumerate(allow):
         if not isinstance(key, str):
-            raise InvalidFieldError(f"allow[{i}]", f"expected a string, got {_json_type(key)}")
+            raise InvalidFieldError(f"allow[{i}]", f"expected a string, got {json_type_name(key)}")
     salt = body.get("salt")
     if salt is None:
         salt = ""
@@ -772,10 +769,7 @@ async def put_flag(request: web.Request) -> web.StreamResponse:
     """Create or replace a flag (201 created, 200 replaced or unchanged)."""
     name = _writable_flag_name(request)
     ctx = context(request)
-    params = query_params(request, ("wait",))
-    if "wait" in params:
-        parse_wait(params["wait"])
-    expected = parse_if_match(request.headers.get("If-Match"))
+    params, expected = _write_conditions(request)
     body = await read_json_object(request, allowed=FLAG_FIELDS)
     flag = flag_from_body(name, body)
     now = ctx.clock()
@@ -808,10 +802,7 @@ async def delete_flag(request: web.Request) -> web.StreamResponse:
     """Delete a flag (404 if there is none)."""
     name = _writable_flag_name(request)
     ctx = context(request)
-    params = query_params(request, ("wait",))
-    if "wait" in params:
-        parse_wait(params["wait"])
-    expected = parse_if_match(request.headers.get("If-Match"))
+    params, expected = _write_conditions(request)
     now = ctx.clock()
     try:
         doc, _ = await write_state(ctx, lambda d: without_flag(d, name, ctx.actor, now), expected)

@@ -19,13 +19,19 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from bluegreen import __version__
+from bluegreen.routing import BASIS_POINTS
+from bluegreen.state.model import (
+    DOCUMENT_KEYS,
+    FLAG_NAME_PATTERN,
+    MAX_KEY_CHARS,
+    MAX_TEXT_CHARS,
+)
 
 if TYPE_CHECKING:
     from bluegreen.admin import Route
 
 JSON: Final = "application/json"
 _NO_CONTROL: Final = r"^[^\x00-\x1f\x7f]*$"
-FLAG_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # Durations as the API takes them (5s, 500ms, 1m, or plain seconds), with the
 # range in the pattern itself so that the schema says exactly what is accepted.
 WAIT_PATTERN: Final = (
@@ -64,9 +70,10 @@ _PERCENT: Final = {
     "multipleOf": 0.01,
     "description": "Percent of traffic, 0..100 in steps of 0.01.",
 }
-_TEXT: Final = {"type": "string", "maxLength": 1000, "pattern": _NO_CONTROL}
+_TEXT: Final = {"type": "string", "maxLength": MAX_TEXT_CHARS, "pattern": _NO_CONTROL}
 _COLOUR: Final = {"type": "string", "enum": ["blue", "green"]}
 _VERSION: Final = {"type": "integer", "minimum": 0}
+_BASIS_POINTS: Final = {"type": "integer", "minimum": 0, "maximum": BASIS_POINTS}
 
 SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "Error": {
@@ -115,7 +122,7 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "type": "object",
         "required": ["percent_bp", "allow", "colour", "salt", "description"],
         "properties": {
-            "percent_bp": {"type": "integer", "minimum": 0, "maximum": 10000},
+            "percent_bp": _BASIS_POINTS,
             "allow": {"type": "array", "items": {"type": "string"}},
             "colour": {"oneOf": [_COLOUR, {"type": "null"}]},
             "salt": {"type": "string"},
@@ -125,26 +132,14 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "State": {
         "type": "object",
         "description": "The whole shared state document, as stored.",
-        "required": [
-            "schema",
-            "version",
-            "green_weight_bp",
-            "live",
-            "salt",
-            "mirror_bp",
-            "flags",
-            "rollout",
-            "history",
-            "updated_at",
-            "updated_by",
-        ],
+        "required": list(DOCUMENT_KEYS),
         "properties": {
             "schema": {"type": "integer"},
             "version": _VERSION,
-            "green_weight_bp": {"type": "integer", "minimum": 0, "maximum": 10000},
+            "green_weight_bp": _BASIS_POINTS,
             "live": _COLOUR,
             "salt": {"type": "string"},
-            "mirror_bp": {"type": "integer", "minimum": 0, "maximum": 10000},
+            "mirror_bp": _BASIS_POINTS,
             "flags": {"type": "object", "additionalProperties": _ref("StoredFlag")},
             "rollout": {"oneOf": [{"type": "object"}, {"type": "null"}]},
             "history": {"type": "array", "items": _ref("HistoryEntry")},
@@ -168,7 +163,7 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "version": _VERSION,
             "green": {"type": "number", "minimum": 0, "maximum": 100},
             "blue": {"type": "number", "minimum": 0, "maximum": 100},
-            "green_bp": {"type": "integer", "minimum": 0, "maximum": 10000},
+            "green_bp": _BASIS_POINTS,
             "mirror": {"type": "number", "minimum": 0, "maximum": 100},
             "live": _COLOUR,
             "updated_at": {"type": "string", "format": "date-time"},
@@ -255,7 +250,7 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "properties": {
             "name": {"type": "string", "pattern": FLAG_NAME_PATTERN},
             "percent": {"type": "number", "minimum": 0, "maximum": 100},
-            "percent_bp": {"type": "integer", "minimum": 0, "maximum": 10000},
+            "percent_bp": _BASIS_POINTS,
             "allow": {"type": "array", "items": {"type": "string"}},
             "colour": {"oneOf": [_COLOUR, {"type": "null"}]},
             "salt": {"type": "string"},
@@ -277,7 +272,7 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
                         "items": {
                             "type": "string",
                             "minLength": 1,
-                            "maxLength": 256,
+                            "maxLength": MAX_KEY_CHARS,
                             "pattern": _NO_CONTROL,
                         },
                     },

@@ -34,6 +34,7 @@ from bluegreen.admin import (
     ApiError,
     Handler,
     Route,
+    duration_seconds,
     json_response,
     query_params,
     read_json_object,
@@ -57,7 +58,7 @@ from bluegreen.controller.records import allowed_commands
 from bluegreen.controller.runner import RolloutController
 from bluegreen.errors import IllegalTransitionError, InvalidFieldError, UsageError
 from bluegreen.routing import percent_to_bp
-from bluegreen.state.model import StateDocument, check_text
+from bluegreen.state.model import StateDocument, check_text, json_type_name
 
 ROLLOUT: Final = f"{API}/rollout"
 VERSION_PATTERN: Final = r"^[\x21-\x7e][\x20-\x7e]{0,199}$"
@@ -67,7 +68,6 @@ MAX_REASON: Final = 500
 MAX_ATTESTATIONS: Final = 50
 _VERSION = re.compile(VERSION_PATTERN)
 _BAKE = re.compile(r"([0-9]{1,7}(?:\.[0-9]{1,3})?)(ms|s|m|h)?")
-_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _OPTION_NUMBERS: Final = {
     "confirm_timeout_seconds": 0.001,
     "drain_timeout_seconds": 0.001,
@@ -77,18 +77,6 @@ _OPTION_FLAGS: Final = ("down_migrations_on_rollback", "check_old_colour", "auto
 
 
 # =========================================================================== input
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
 
 
 def parse_version(value: object, field: str = "version") -> str:
@@ -105,10 +93,10 @@ def parse_bake(value: object, field: str) -> float:
     if isinstance(value, bool):
         raise InvalidFieldError(field, "expected seconds or a duration like 30s")
     if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _BAKE.fullmatch(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        seconds: float | None = float(value)
     else:
+        seconds = duration_seconds(_BAKE, value) if isinstance(value, str) else None
+    if seconds is None:
         raise InvalidFieldError(field, f'expected seconds or a duration like "30s", got {value!r}')
     if not 0 <= seconds <= MAX_SECONDS:
         raise InvalidFieldError(field, f"{value!r} out of range; use 0..{MAX_SECONDS:g} seconds")
@@ -118,14 +106,14 @@ def parse_bake(value: object, field: str) -> float:
 def parse_steps(value: object) -> tuple[Step, ...]:
     """``[{"weight": 10, "bake": "30s"}, ...]``: weights (percent) strictly increasing."""
     if not isinstance(value, list) or not value:
-        raise InvalidFieldError("steps", f"expected a non-empty array, got {_json_type(value)}")
+        raise InvalidFieldError("steps", f"expected a non-empty array, got {json_type_name(value)}")
     if len(value) >= MAX_STEPS:
         raise InvalidFieldError("steps", f"{len(value)} steps; at most {MAX_STEPS - 1}")
     steps = []
     for i, item in enumerate(value):
         where = f"steps[{i}]"
         if not isinstance(item, dict):
-            raise InvalidFieldError(where, f"expected an object, got {_json_type(item)}")
+            raise InvalidFieldError(where, f"expected an object, got {json_type_name(item)}")
         for key in item:
             if key not in ("weight", "bake"):
                 raise InvalidFieldError(f"{where}.{key}", "unknown field; known: bake, weight")
@@ -151,14 +139,14 @@ def parse_steps(value: object) -> tuple[Step, ...]:
 def parse_options(value: object, defaults: RolloutOptions) -> RolloutOptions:
     """Per-rollout overrides of the config's rollout options."""
     if not isinstance(value, dict):
-        raise InvalidFieldError("options", f"expected an object, got {_json_type(value)}")
+        raise InvalidFieldError("options", f"expected an object, got {json_type_name(value)}")
     known = (*_OPTION_NUMBERS, *_OPTION_FLAGS)
     changes: dict[str, Any] = {}
     for key, item in value.items():
         field = f"options.{key}"
         if key in _OPTION_NUMBERS:
             if isinstance(item, bool) or not isinstance(item, int | float):
-                raise InvalidFieldError(field, f"expected seconds, got {_json_type(item)}")
+                raise InvalidFieldError(field, f"expected seconds, got {json_type_name(item)}")
             if not _OPTION_NUMBERS[key] <= item <= MAX_SECONDS:
                 raise InvalidFieldError(
                     field, f"{item} out of range; use {_OPTION_NUMBERS[key]:g}..{MAX_SECONDS:g}"
@@ -166,7 +154,9 @@ def parse_options(value: object, defaults: RolloutOptions) -> RolloutOptions:
             changes[key] = float(item)
         elif key in _OPTION_FLAGS:
             if not isinstance(item, bool):
-                raise InvalidFieldError(field, f"expected true or false, got {_json_type(item)}")
+                raise InvalidFieldError(
+                    field, f"expected true or false, got {json_type_name(item)}"
+                )
             changes[key] = item
         else:
             raise InvalidFieldError(field, f"unknown option; known: {', '.join(sorted(known))}")
@@ -180,7 +170,9 @@ def parse_attestations(
 ) -> tuple[Attestation, ...]:
     """Names of configured attestations an operator vouches for."""
     if not isinstance(value, list):
-        raise InvalidFieldError("attest", f"expected an array of names, got {_json_type(value)}")
+        raise InvalidFieldError(
+            "attest", f"expected an array of names, got {json_type_name(value)}"
+        )
     if len(value) > MAX_ATTESTATIONS:
         raise InvalidFieldError("attest", f"{len(value)} names; at most {MAX_ATTESTATIONS}")
     names: list[str] = []
@@ -316,7 +308,7 @@ async def contract_rollout(
     body = await _optional_body(request, ("now",))
     now = body.get("now", False)
     if not isinstance(now, bool):
-        raise InvalidFieldError("now", f"expected true or false, got {_json_type(now)}")
+        raise InvalidFieldError("now", f"expected true or false, got {json_type_name(now)}")
     return await _run_command(controller, lambda doc, r: ContractRequested(skip_grace=now))
 
 

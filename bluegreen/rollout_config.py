@@ -47,6 +47,7 @@ from bluegreen.errors import ConfigError
 from bluegreen.health.analysis import AnalysisConfig
 from bluegreen.health.probe_state import ProbeThresholds
 from bluegreen.routing import Colour
+from bluegreen.state.model import json_type_name
 
 JSON: TypeAlias = bool | int | float | str | list["JSON"] | dict[str, "JSON"] | None
 
@@ -123,33 +124,19 @@ class JsonPath:
         for part in self.parts:
             if isinstance(part, int):
                 if not isinstance(node, list):
-                    return False, None, f"{walked} is {_json_type(node)}, not an array"
+                    return False, None, f"{walked} is {json_type_name(node)}, not an array"
                 if not -len(node) <= part < len(node):
                     return False, None, f"{walked} has {len(node)} item(s); no index {part}"
                 node = node[part]
                 walked += f"[{part}]"
             else:
                 if not isinstance(node, dict):
-                    return False, None, f"{walked} is {_json_type(node)}, not an object"
+                    return False, None, f"{walked} is {json_type_name(node)}, not an object"
                 if part not in node:
                     return False, None, f"{walked} has no key {part!r}"
                 node = node[part]
                 walked += f".{part}"
         return True, node, ""
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 _PATH_TOKEN = re.compile(r"\[(-?\d+)\]|\.?([^.\[\]]+)")

@@ -138,30 +138,31 @@ def _check_json(value: object, key: str) -> JSON:
     raise ConfigError(key, f"{type(value).__name__} cannot be sent as JSON")
 
 
-def _text(value: object, key: str) -> str:
-    """A string (numbers from YAML become text), without line breaks."""
+def _scalar_text(value: object, key: str) -> str:
+    """A YAML scalar as text: strings as they are, numbers written out; else ConfigError."""
     if isinstance(value, bool) or value is None:
         raise ConfigError(key, f"expected text, got {value!r}")
     if isinstance(value, int | float):
         value = str(value)
     if not isinstance(value, str):
         raise ConfigError(key, f"expected text, got {type(value).__name__}")
-    if "\r" in value or "\n" in value:
-        raise ConfigError(key, "must not contain line breaks")
     return value
+
+
+def _text(value: object, key: str) -> str:
+    """A string (numbers from YAML become text), without line breaks."""
+    text = _scalar_text(value, key)
+    if "\r" in text or "\n" in text:
+        raise ConfigError(key, "must not contain line breaks")
+    return text
 
 
 def _arg(value: object, key: str) -> str:
     """A command-line argument: any text but NUL (scripts for ``-c`` span lines)."""
-    if isinstance(value, bool) or value is None:
-        raise ConfigError(key, f"expected text, got {value!r}")
-    if isinstance(value, int | float):
-        value = str(value)
-    if not isinstance(value, str):
-        raise ConfigError(key, f"expected text, got {type(value).__name__}")
-    if "\0" in value:
+    text = _scalar_text(value, key)
+    if "\0" in text:
         raise ConfigError(key, "must not contain NUL characters")
-    return value
+    return text
 
 
 def _texts(value: object, key: str) -> tuple[str, ...]:

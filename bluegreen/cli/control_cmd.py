@@ -14,11 +14,11 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from bluegreen.admin_client import DEFAULT_URL, TOKEN_ENV, URL_ENV, AdminClient, Answer
+from bluegreen.admin_client import AdminClient, Answer
+from bluegreen.cli.admin_options import add_client_options, client_from_args, guarded
 from bluegreen.cli.output import add_output_option, emit, table
 from bluegreen.errors import AdminRequestError, AdminUnreachableError, UsageError
 from bluegreen.routing import percent_to_bp
@@ -35,17 +35,8 @@ CLEAR: Final = "\x1b[H\x1b[2J"
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--admin-url",
-        metavar="URL",
-        help=f"admin API of a running proxy (env {URL_ENV}; default {DEFAULT_URL})",
-    )
-    parser.add_argument(
-        "--token",
-        help=f"bearer token for changes (env {TOKEN_ENV} is safer: flags show up in ps)",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default 10)"
+    add_client_options(
+        parser, api_of="a running proxy", auth_help="bearer token for changes", timeout=10.0
     )
 
 
@@ -187,27 +178,6 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 # --------------------------------------------------------------------------- plumbing
 
 
-def _client(args: argparse.Namespace) -> AdminClient:
-    return AdminClient.from_env(args.admin_url, args.token, args.timeout)
-
-
-def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Map admin-API failures to exit codes with a one-line message."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except AdminUnreachableError as exc:
-            print(f"bluegreen: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        except AdminRequestError as exc:
-            print(f"bluegreen: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-
-    run.__doc__ = command.__doc__
-    return run
-
-
 def _wait_seconds(args: argparse.Namespace) -> float | None:
     return None if args.wait is None else parse_duration(args.wait, "--wait")
 
@@ -250,10 +220,10 @@ def _applied_text(applied: dict[str, Any] | None, version: int) -> str:
 # --------------------------------------------------------------------------- weights
 
 
-@_guarded
+@guarded()
 def run_weights_get(args: argparse.Namespace) -> int:
     """Print the weights."""
-    emit(_client(args).weights(), args.output, render_weights)
+    emit(client_from_args(args).weights(), args.output, render_weights)
     return EXIT_OK
 
 
@@ -267,13 +237,13 @@ def render_weights(weights: dict[str, Any]) -> str:
     return text
 
 
-@_guarded
+@guarded()
 def run_weights_set(args: argparse.Namespace) -> int:
     """Set green's weight; exit 1 if --wait ran out."""
     green = parse_percent(args.green, "--green")
     mirror = None if args.mirror is None else parse_percent(args.mirror, "--mirror")
     wait = _wait_seconds(args)
-    answer = _client(args).set_weights(
+    answer = client_from_args(args).set_weights(
         green,
         mirror=mirror,
         reason=args.reason,
@@ -314,17 +284,17 @@ def render_flags(body: dict[str, Any]) -> str:
     return table(["flag", "percent", "allow", "colour", "description"], rows)
 
 
-@_guarded
+@guarded()
 def run_flags_list(args: argparse.Namespace) -> int:
     """List the flags."""
-    emit(_client(args).flags(), args.output, render_flags)
+    emit(client_from_args(args).flags(), args.output, render_flags)
     return EXIT_OK
 
 
-@_guarded
+@guarded()
 def run_flags_set(args: argparse.Namespace) -> int:
     """Create or change a flag, keeping options not given (compare-and-set)."""
-    client = _client(args)
+    client = client_from_args(args)
     percent = None if args.percent is None else parse_percent(args.percent, "--percent")
     if args.clear_allow and args.allow:
         raise UsageError("--allow and --clear-allow contradict each other; give one")
@@ -369,10 +339,10 @@ def run_flags_set(args: argparse.Namespace) -> int:
     return _applied_exit(answer, args.output)
 
 
-@_guarded
+@guarded()
 def run_flags_delete(args: argparse.Namespace) -> int:
     """Delete a flag."""
-    answer = _client(args).delete_flag(args.name, wait=_wait_seconds(args))
+    answer = client_from_args(args).delete_flag(args.name, wait=_wait_seconds(args))
     emit(
         answer.body,
         args.output,
@@ -384,10 +354,10 @@ def run_flags_delete(args: argparse.Namespace) -> int:
     return _applied_exit(answer, args.output)
 
 
-@_guarded
+@guarded()
 def run_flags_evaluate(args: argparse.Namespace) -> int:
     """Print which flags a key gets."""
-    body = _client(args).evaluate(args.key, args.colour)
+    body = client_from_args(args).evaluate(args.key, args.colour)
     emit(body, args.output, lambda b: ", ".join(b["flags"]) or "(no flags)")
     return EXIT_OK
 
@@ -480,14 +450,14 @@ def render_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@_guarded
+@guarded()
 def run_status(args: argparse.Namespace) -> int:
     """Show the status once, or redraw it every --interval with --watch."""
     if not 0 < args.window <= 60:
         raise UsageError("--window: use 0..60 seconds")
     if args.interval <= 0:
         raise UsageError("--interval: must be greater than 0")
-    client = _client(args)
+    client = client_from_args(args)
     if not args.watch:
         emit(collect_status(client, args.window), args.output, render_status)
         return EXIT_OK

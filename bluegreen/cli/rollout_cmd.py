@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from bluegreen.admin_client import DEFAULT_URL, TOKEN_ENV, URL_ENV, AdminClient
+from bluegreen import config
+from bluegreen.admin_client import AdminClient
+from bluegreen.cli.admin_options import add_client_options, client_from_args, guarded
 from bluegreen.cli.output import add_output_option, emit, table
-from bluegreen.errors import AdminRequestError, AdminUnreachableError, UsageError
+from bluegreen.errors import AdminUnreachableError, ConfigError, UsageError
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -35,19 +36,19 @@ ROLLOUT: Final = "/api/v1/rollout"
 FINISHED: Final = ("promoted", "rolled_back", "aborted")
 USAGE_STATUSES: Final = (400, 401, 403, 404, 413, 415, 422)
 CLEAR: Final = "\x1b[H\x1b[2J"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 # =========================================================================== arguments
 
 
 def parse_duration(text: str, option: str) -> float:
-    """Seconds from ``90``, ``30s``, ``500ms``, ``5m`` or ``2h``; raises UsageError."""
-    m = _DURATION.match(text)
-    if m is None:
-        raise UsageError(f'{option}: expected a duration like "30s", "5m" or "1h", got {text!r}')
-    return float(m.group(1)) * _UNITS[m.group(2)]
+    """Seconds from ``90``, ``30s``, ``500ms``, ``5m``, ``2h`` (as in the config); UsageError."""
+    try:
+        return config.parse_duration(text, option)
+    except ConfigError:
+        raise UsageError(
+            f'{option}: expected a duration like "30s", "5m" or "1h", got {text!r}'
+        ) from None
 
 
 def parse_step(text: str) -> dict[str, Any]:
@@ -65,17 +66,7 @@ def parse_step(text: str) -> dict[str, Any]:
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--admin-url",
-        metavar="URL",
-        help=f"admin API of any replica (env {URL_ENV}; default {DEFAULT_URL})",
-    )
-    parser.add_argument(
-        "--token", help=f"bearer token (env {TOKEN_ENV} is safer: flags show up in ps)"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=30.0, metavar="SECONDS", help="per request (default 30)"
-    )
+    add_client_options(parser, api_of="any replica", auth_help="bearer token", timeout=30.0)
 
 
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private
@@ -179,30 +170,6 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 # =========================================================================== plumbing
 
 
-def _client(args: argparse.Namespace) -> AdminClient:
-    return AdminClient.from_env(args.admin_url, args.token, args.timeout)
-
-
-def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Map admin-API failures to exit codes with a one-line message."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except AdminUnreachableError as exc:
-            print(f"bluegreen: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        except AdminRequestError as exc:
-            print(f"bluegreen: {exc}", file=sys.stderr)
-            allowed = exc.body.get("allowed") if isinstance(exc.body, dict) else None
-            if allowed is not None:
-                print(f"bluegreen: allowed now: {', '.join(allowed) or 'nothing'}", file=sys.stderr)
-            return EXIT_USAGE if exc.status in USAGE_STATUSES else EXIT_FAILED
-
-    run.__doc__ = command.__doc__
-    return run
-
-
 def _clock(at: float | None) -> str:
     if at is None:
         return "--:--:--"
@@ -243,7 +210,7 @@ def outcome_lines(view: dict[str, Any]) -> list[str]:
 # =========================================================================== start
 
 
-@_guarded
+@guarded(usage_statuses=USAGE_STATUSES)
 def run_start(args: argparse.Namespace) -> int:
     """Start a rollout; with --wait follow it to its end."""
     body: dict[str, Any] = {"version": args.version}
@@ -256,7 +223,7 @@ def run_start(args: argparse.Namespace) -> int:
     wait = None if args.wait is None else parse_duration(args.wait, "--wait")
     if args.interval <= 0:
         raise UsageError("--interval: must be greater than 0")
-    client = _client(args)
+    client = client_from_args(args)
     answer = client.request("POST", ROLLOUT, body=body)
     view = answer.body
     rollout_id = view.get("id")
@@ -377,12 +344,12 @@ def render_status(view: dict[str, Any], log_lines: int = 10) -> str:
     return "\n".join(lines)
 
 
-@_guarded
+@guarded(usage_statuses=USAGE_STATUSES)
 def run_status(args: argparse.Namespace) -> int:
     """Show the rollout once, or redraw it with --watch."""
     if args.interval <= 0:
         raise UsageError("--interval: must be greater than 0")
-    client = _client(args)
+    client = client_from_args(args)
     if not args.watch:
         emit(client.request("GET", ROLLOUT).body, args.output, lambda v: render_status(v, args.log))
         return EXIT_OK
@@ -411,7 +378,7 @@ def run_status(args: argparse.Namespace) -> int:
 # =========================================================================== commands
 
 
-@_guarded
+@guarded(usage_statuses=USAGE_STATUSES)
 def run_command(args: argparse.Namespace) -> int:
     """pause / resume / promote / abort / contract."""
     name = args.command_name
@@ -420,12 +387,12 @@ def run_command(args: argparse.Namespace) -> int:
         body["reason"] = args.reason
     if name == "contract" and args.now:
         body["now"] = True
-    view = _client(args).request("POST", f"{ROLLOUT}/{name}", body=body).body
+    view = client_from_args(args).request("POST", f"{ROLLOUT}/{name}", body=body).body
     emit(view, args.output, lambda v: f"{name}: {v['summary']}")
     return EXIT_OK
 
 
-@_guarded
+@guarded(usage_statuses=USAGE_STATUSES)
 def run_preflight(args: argparse.Namespace) -> int:
     """Run the checklist; exit 1 when a required item failed."""
     body: dict[str, Any] = {}
@@ -435,7 +402,7 @@ def run_preflight(args: argparse.Namespace) -> int:
         body["attest"] = list(dict.fromkeys(args.attest))
     if args.by:
         body["by"] = args.by
-    report = _client(args).request("POST", f"{ROLLOUT}/preflight", body=body).body
+    report = client_from_args(args).request("POST", f"{ROLLOUT}/preflight", body=body).body
     emit(report, args.output, render_preflight)
     return EXIT_OK if report.get("ok") else EXIT_FAILED
 

@@ -337,15 +337,7 @@ class FileStateStore(BaseStateStore):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                 continue
-            statuses.append(
-                ReplicaStatus(
-                    info=info,
-                    heartbeat_at=body["heartbeat_at"],
-                    age_seconds=max(age, 0.0),
-                    alive=not stopped and age < self.replica_expiry,
-                    stopped=stopped,
-                )
-            )
+            statuses.append(self._replica_status(info, body["heartbeat_at"], age, stopped=stopped))
         return sorted(statuses, key=lambda status: status.info.id)
 
     # ----------------------------------------------------------------- leadership

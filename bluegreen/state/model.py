@@ -55,8 +55,9 @@ MAX_ALLOW: Final = 10_000
 MAX_KEY_CHARS: Final = 256
 MAX_TEXT_CHARS: Final = 1_000
 MAX_SALT_BYTES: Final = 64  # routing keys blake2b with at most 64 bytes of salt
+FLAG_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # also the OpenAPI pattern
 
-_FLAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_FLAG_NAME = re.compile(FLAG_NAME_PATTERN)
 _REPLICA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -178,6 +179,19 @@ def check_replica_id(value: object, field_name: str = "id") -> str:
     return value
 
 
+def json_type_name(value: object) -> str:
+    """How messages name the JSON type of ``value``: ``null``, ``a string``, ``an array``..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
 def check_json_object(value: object, field_name: str) -> dict[str, Any]:
     """Deep-copy a JSON object, refusing anything JSON cannot represent exactly."""
     if not isinstance(value, Mapping):
@@ -223,8 +237,10 @@ class Flag:
 
     ``percent_bp`` of the sticky keys (hashed with ``salt``, or
     ``flag:<name>`` when empty, so monotone in the percentage like routing),
-    plus the keys in ``allow``; limited to one ``colour`` when set. The
-    evaluation rules live in :mod:`bluegreen.flags`; this is only the stored value.
+    plus the keys in ``allow``. A ``colour``, when set, comes first: requests
+    routed to the other colour never get the flag, not even for an allow-listed
+    key. The evaluation rules live in :mod:`bluegreen.flags`; this is only the
+    stored value.
     """
 
     name: str
@@ -619,7 +635,7 @@ def document_to_dict(doc: StateDocument) -> dict[str, Any]:
     }
 
 
-_DOC_KEYS: Final = (
+DOCUMENT_KEYS: Final = (
     "schema",
     "version",
     "green_weight_bp",
@@ -662,7 +678,7 @@ def _document_from_dict(obj: object) -> StateDocument:
             f"written by a newer bluegreen (schema {schema}, this one reads "
             f"{SCHEMA_VERSION}); upgrade bluegreen",
         )
-    _require_keys(obj, _DOC_KEYS, "")
+    _require_keys(obj, DOCUMENT_KEYS, "")
     if schema != SCHEMA_VERSION:
         raise InvalidFieldError("schema", f"expected {SCHEMA_VERSION}, got {schema!r}")
     raw_flags = obj["flags"]

@@ -576,15 +576,12 @@ class PostgresStateStore(BaseStateStore):
             except (ValueError, InvalidFieldError) as exc:
                 log.warning("state_heartbeat_unreadable", replica=row["id"], error=str(exc))
                 continue
-            age = max(float(row["age"]), 0.0)
-            stopped = row["stopped_at"] is not None
             statuses.append(
-                ReplicaStatus(
-                    info=info,
-                    heartbeat_at=format_time(row["heartbeat_at"]),
-                    age_seconds=age,
-                    alive=not stopped and age < self.replica_expiry,
-                    stopped=stopped,
+                self._replica_status(
+                    info,
+                    format_time(row["heartbeat_at"]),
+                    float(row["age"]),
+                    stopped=row["stopped_at"] is not None,
                 )
             )
         return statuses

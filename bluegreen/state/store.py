@@ -265,6 +265,19 @@ class BaseStateStore(abc.ABC):
             log.info("leadership_acquired", name=name, store=self._location, actor=self.actor)
         return leadership
 
+    def _replica_status(
+        self, info: ReplicaInfo, heartbeat_at: str, age: float, *, stopped: bool
+    ) -> ReplicaStatus:
+        """A replica's status: alive while it has not stopped and its heartbeat is fresh."""
+        age = max(age, 0.0)  # a heartbeat "from the future": the clocks disagree a little
+        return ReplicaStatus(
+            info=info,
+            heartbeat_at=heartbeat_at,
+            age_seconds=age,
+            alive=not stopped and age < self.replica_expiry,
+            stopped=stopped,
+        )
+
     async def _release_all(self) -> None:
         """On close: every leadership still held is lost, then released."""
         for leadership in self._leaderships:

@@ -319,8 +319,10 @@ async def test_contract_is_refused_while_blue_serves_and_runs_after_promotion_an
     assert code == 0, err
     # "refused" is still the state until the leader acts: wait for a new outcome.
     view = await api.wait_for(
-        lambda v: v["rollout"]["contract"] in ("done", "failed")
-        or len(log_entries(v, "contract_refused")) > refusals,
+        lambda v: (
+            v["rollout"]["contract"] in ("done", "failed")
+            or len(log_entries(v, "contract_refused")) > refusals
+        ),
         30,
         "contract",
     )

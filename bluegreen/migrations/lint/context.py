@@ -40,6 +40,7 @@ from bluegreen.migrations.files import Phase
 from bluegreen.migrations.lint.locks import NO_LOCK, LockInfo, blocks_writes, lock_for
 from bluegreen.migrations.lint.nodes import (
     TypeSpec,
+    alter_cmds,
     column_constraints,
     column_refs,
     qualified,
@@ -285,6 +286,30 @@ class Context:
     def is_new_column(self, table: str, column: str) -> bool:
         """Whether the column (or its table) was added earlier in this file."""
         return self.is_new(table) or (table, column) in self.columns_added
+
+    def existing_table_cmds(
+        self, node: object, *subtypes: AlterTableType
+    ) -> list[tuple[ast.AlterTableStmt, str, ast.AlterTableCmd]]:
+        """``(statement, table, cmd)`` per ``subtypes`` subcommand if ``node`` alters an old table.
+
+        Old: the table existed before this file (:meth:`is_new` is false).
+        """
+        if not isinstance(node, ast.AlterTableStmt):
+            return []
+        table = relation_name(node.relation)
+        if self.is_new(table):
+            return []
+        return [(node, table, cmd) for cmd in alter_cmds(node, *subtypes)]
+
+    def columns_added_to_existing_table(
+        self, node: object
+    ) -> list[tuple[ast.AlterTableStmt, str, ast.ColumnDef]]:
+        """``(statement, table, column)`` for each ADD COLUMN of :meth:`existing_table_cmds`."""
+        return [
+            (alter, table, cmd.def_)
+            for alter, table, cmd in self.existing_table_cmds(node, AlterTableType.AT_AddColumn)
+            if isinstance(cmd.def_, ast.ColumnDef)
+        ]
 
     @property
     def in_explicit_transaction(self) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from pglast import ast, keywords
-from pglast.enums import ConstrType
+from pglast.enums import AlterTableType, ConstrType
 
 DEFAULT_SCHEMAS: Final = frozenset({"public", "pg_catalog"})
 # Keywords that cannot be bare column or table names (quote_ident's rule).
@@ -289,7 +289,17 @@ def column_without(column: ast.ColumnDef, *kinds: Any) -> ast.ColumnDef:
 
 def add_column_sql(node: ast.AlterTableStmt, column: ast.ColumnDef) -> str:
     """``ALTER TABLE t ADD COLUMN <column>`` as SQL text."""
-    from pglast.enums import AlterTableType
-
     cmd = ast.AlterTableCmd(subtype=AlterTableType.AT_AddColumn, def_=column)
+    return deparse_alter(node, cmd)
+
+
+def add_not_valid_sql(node: ast.AlterTableStmt, constraint: ast.Constraint, name: str) -> str:
+    """``ALTER TABLE t ADD CONSTRAINT <name> <constraint> NOT VALID`` as SQL text."""
+    import copy
+
+    not_valid = copy.copy(constraint)
+    not_valid.skip_validation = True
+    not_valid.initially_valid = False
+    not_valid.conname = name
+    cmd = ast.AlterTableCmd(subtype=AlterTableType.AT_AddConstraint, def_=not_valid)
     return deparse_alter(node, cmd)

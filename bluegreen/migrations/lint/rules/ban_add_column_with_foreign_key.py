@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pglast import ast
-from pglast.enums import AlterTableType, ConstrType
+from pglast.enums import ConstrType
 
 from bluegreen.migrations.lint.context import Context, default_constraint_name
 from bluegreen.migrations.lint.nodes import (
     add_column_sql,
-    alter_cmds,
     column_constraints,
     column_default,
     column_without,
@@ -36,15 +34,10 @@ RULE = Rule(
 
 def check(stmt: Statement, ctx: Context) -> list[Finding]:
     """Flag ADD COLUMN with an inline REFERENCES on a table that existed before this file."""
-    node = stmt.node
     findings = []
-    for cmd in alter_cmds(node, AlterTableType.AT_AddColumn):
-        column = cmd.def_
-        if not isinstance(column, ast.ColumnDef) or not isinstance(node, ast.AlterTableStmt):
-            continue
-        table = relation_name(node.relation)
+    for node, table, column in ctx.columns_added_to_existing_table(stmt.node):
         keys = [c for c in column_constraints(column) if c.contype == ConstrType.CONSTR_FOREIGN]
-        if ctx.is_new(table) or not keys:
+        if not keys:
             continue
         key = keys[0]
         col = column.colname or ""

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pglast import ast
-from pglast.enums import AlterTableType, ConstrType
+from pglast.enums import ConstrType
 
 from bluegreen.migrations.lint.context import Context
 from bluegreen.migrations.lint.locks import SERIAL_TYPES
 from bluegreen.migrations.lint.nodes import (
-    alter_cmds,
     has_constraint,
     ident,
     quote,
-    relation_name,
     sql_block,
     table_sql,
     type_spec,
@@ -40,17 +37,12 @@ WHY = (
 
 def check(stmt: Statement, ctx: Context) -> list[Finding]:
     """Flag a serial or identity column added to a table that existed before this file."""
-    node = stmt.node
     findings = []
-    for cmd in alter_cmds(node, AlterTableType.AT_AddColumn):
-        column = cmd.def_
-        if not isinstance(column, ast.ColumnDef) or not isinstance(node, ast.AlterTableStmt):
-            continue
-        table = relation_name(node.relation)
+    for _node, table, column in ctx.columns_added_to_existing_table(stmt.node):
         spec = type_spec(column.typeName)
         serial = spec is not None and spec.name in SERIAL_TYPES
         identity = has_constraint(column, ConstrType.CONSTR_IDENTITY)
-        if ctx.is_new(table) or not (serial or identity):
+        if not (serial or identity):
             continue
         col = column.colname or ""
         t, c = table_sql(table), ident(col)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pglast import ast
-from pglast.enums import AlterTableType, ConstrType
+from pglast.enums import ConstrType
 
 from bluegreen.migrations.lint.context import Context
 from bluegreen.migrations.lint.nodes import (
-    alter_cmds,
     column_constraints,
     deparse,
     ident,
     quote,
-    relation_name,
     sql_block,
     table_sql,
 )
@@ -38,19 +35,14 @@ WHY = (
 
 def check(stmt: Statement, ctx: Context) -> list[Finding]:
     """Flag a stored generated column added to a table that existed before this file."""
-    node = stmt.node
     findings = []
-    for cmd in alter_cmds(node, AlterTableType.AT_AddColumn):
-        column = cmd.def_
-        if not isinstance(column, ast.ColumnDef) or not isinstance(node, ast.AlterTableStmt):
-            continue
-        table = relation_name(node.relation)
+    for _node, table, column in ctx.columns_added_to_existing_table(stmt.node):
         generated = [
             c
             for c in column_constraints(column)
             if c.contype == ConstrType.CONSTR_GENERATED and c.generated_kind == "s"
         ]
-        if ctx.is_new(table) or not generated:
+        if not generated:
             continue
         t, c = table_sql(table), ident(column.colname or "")
         expr = deparse(generated[0].raw_expr)

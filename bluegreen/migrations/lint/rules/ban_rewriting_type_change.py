@@ -8,11 +8,9 @@ from pglast.enums import AlterTableType
 from bluegreen.migrations.lint.context import Context
 from bluegreen.migrations.lint.locks import type_change, using_converts
 from bluegreen.migrations.lint.nodes import (
-    alter_cmds,
     deparse,
     ident,
     quote,
-    relation_name,
     sql_block,
     table_sql,
     type_spec,
@@ -40,14 +38,8 @@ WHY = (
 
 def check(stmt: Statement, ctx: Context) -> list[Finding]:
     """Flag a column type change that rewrites a table that existed before this file."""
-    node = stmt.node
-    if not isinstance(node, ast.AlterTableStmt):
-        return []
-    table = relation_name(node.relation)
-    if ctx.is_new(table):
-        return []
     findings = []
-    for cmd in alter_cmds(node, AlterTableType.AT_AlterColumnType):
+    for _, table, cmd in ctx.existing_table_cmds(stmt.node, AlterTableType.AT_AlterColumnType):
         definition = cmd.def_
         if not isinstance(definition, ast.ColumnDef):
             continue

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pglast import ast
 from pglast.enums import AlterTableType
 
 from bluegreen.migrations.lint.context import Context
-from bluegreen.migrations.lint.nodes import alter_cmds, quote, relation_name
+from bluegreen.migrations.lint.nodes import quote
 from bluegreen.migrations.lint.rule import Finding, Rule
 from bluegreen.migrations.sql import Statement
 
@@ -23,14 +22,11 @@ _WHAT = {AlterTableType.AT_SetLogged: "SET LOGGED", AlterTableType.AT_SetUnLogge
 
 def check(stmt: Statement, ctx: Context) -> list[Finding]:
     """Flag SET LOGGED / SET UNLOGGED on a table that existed before this file."""
-    node = stmt.node
-    if not isinstance(node, ast.AlterTableStmt):
+    cmds = ctx.existing_table_cmds(stmt.node, *_WHAT)
+    if not cmds:
         return []
-    table = relation_name(node.relation)
-    cmds = alter_cmds(node, *_WHAT)
-    if not cmds or ctx.is_new(table):
-        return []
-    what = _WHAT.get(cmds[0].subtype or AlterTableType.AT_SetLogged, "SET LOGGED")
+    _, table, first = cmds[0]
+    what = _WHAT.get(first.subtype or AlterTableType.AT_SetLogged, "SET LOGGED")
     return [
         RULE.finding(
             stmt,

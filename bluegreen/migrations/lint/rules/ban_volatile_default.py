@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pglast import ast
-from pglast.enums import AlterTableType, ConstrType
+from pglast.enums import ConstrType
 
 from bluegreen.migrations.lint.context import Context
 from bluegreen.migrations.lint.locks import SERIAL_TYPES, default_volatility
 from bluegreen.migrations.lint.nodes import (
     add_column_sql,
-    alter_cmds,
     column_default,
     column_not_null,
     column_without,
@@ -17,7 +15,6 @@ from bluegreen.migrations.lint.nodes import (
     has_constraint,
     ident,
     quote,
-    relation_name,
     sql_block,
     table_sql,
     type_spec,
@@ -45,16 +42,11 @@ WHY = (
 
 def check(stmt: Statement, ctx: Context) -> list[Finding]:
     """Flag ADD COLUMN ... DEFAULT <volatile> on a table that existed before this file."""
-    node = stmt.node
     findings = []
-    for cmd in alter_cmds(node, AlterTableType.AT_AddColumn):
-        column = cmd.def_
-        if not isinstance(column, ast.ColumnDef) or not isinstance(node, ast.AlterTableStmt):
-            continue
-        table = relation_name(node.relation)
+    for node, table, column in ctx.columns_added_to_existing_table(stmt.node):
         default = column_default(column)
         spec = type_spec(column.typeName)
-        if ctx.is_new(table) or default is None or (spec and spec.name in SERIAL_TYPES):
+        if default is None or (spec and spec.name in SERIAL_TYPES):
             continue
         volatile, function = default_volatility(default, ctx)
         if not volatile:

@@ -38,14 +38,8 @@ WHY = (
 
 def check(stmt: Statement, ctx: Context) -> list[Finding]:
     """Flag SET NOT NULL unless a validated CHECK (col IS NOT NULL) is known."""
-    node = stmt.node
-    if not isinstance(node, ast.AlterTableStmt):
-        return []
-    table = relation_name(node.relation)
-    if ctx.is_new(table):
-        return []
     findings = []
-    for cmd in alter_cmds(node, AlterTableType.AT_SetNotNull):
+    for _, table, cmd in ctx.existing_table_cmds(stmt.node, AlterTableType.AT_SetNotNull):
         column = cmd.name or ""
         if ctx.has_not_null_check(table, column) or _check_dropped_later(ctx, table, column):
             continue

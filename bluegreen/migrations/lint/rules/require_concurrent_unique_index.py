@@ -8,12 +8,10 @@ from pglast.enums import AlterTableType, ConstrType
 from bluegreen.migrations.lint.context import Context, constraint_columns, default_constraint_name
 from bluegreen.migrations.lint.nodes import (
     add_column_sql,
-    alter_cmds,
     column_constraints,
     column_without,
     ident,
     quote,
-    relation_name,
     sql_block,
     table_sql,
 )
@@ -44,14 +42,8 @@ _KINDS = {
 
 def check(stmt: Statement, ctx: Context) -> list[Finding]:
     """Flag unique, primary-key and exclusion constraints built in place on old tables."""
-    node = stmt.node
-    if not isinstance(node, ast.AlterTableStmt):
-        return []
-    table = relation_name(node.relation)
-    if ctx.is_new(table):
-        return []
     findings = []
-    for cmd in alter_cmds(node, AlterTableType.AT_AddConstraint):
+    for _, table, cmd in ctx.existing_table_cmds(stmt.node, AlterTableType.AT_AddConstraint):
         constraint = cmd.def_
         if (
             isinstance(constraint, ast.Constraint)
@@ -60,10 +52,7 @@ def check(stmt: Statement, ctx: Context) -> list[Finding]:
         ):
             columns = constraint_columns(constraint)
             findings.append(_finding(stmt, ctx, table, constraint, columns, node=None))
-    for cmd in alter_cmds(node, AlterTableType.AT_AddColumn):
-        column = cmd.def_
-        if not isinstance(column, ast.ColumnDef):
-            continue
+    for node, table, column in ctx.columns_added_to_existing_table(stmt.node):
         for constraint in column_constraints(column):
             if constraint.contype in _KINDS:
                 findings.append(

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 from pglast import ast
-from pglast.enums import AlterTableType, ConstrType
+from pglast.enums import ConstrType
 
 from bluegreen.migrations.lint.context import Context
 from bluegreen.migrations.lint.locks import SERIAL_TYPES
 from bluegreen.migrations.lint.nodes import (
     add_column_sql,
-    alter_cmds,
     column_default,
     column_not_null,
     column_without,
     deparse,
     has_constraint,
     quote,
-    relation_name,
     sql_block,
     type_spec,
 )
@@ -41,17 +39,11 @@ WHY = (
 
 def check(stmt: Statement, ctx: Context) -> list[Finding]:
     """Flag a NOT NULL column added without a default to a table that existed before."""
-    node = stmt.node
     findings = []
-    for cmd in alter_cmds(node, AlterTableType.AT_AddColumn):
-        column = cmd.def_
-        if not isinstance(column, ast.ColumnDef) or not isinstance(node, ast.AlterTableStmt):
-            continue
-        table = relation_name(node.relation)
+    for node, table, column in ctx.columns_added_to_existing_table(stmt.node):
         spec = type_spec(column.typeName)
         if (
-            ctx.is_new(table)
-            or not column_not_null(column)
+            not column_not_null(column)
             or column_default(column) is not None
             or (spec is not None and spec.name in SERIAL_TYPES)
             or has_constraint(column, ConstrType.CONSTR_IDENTITY)

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import copy
-
 from pglast import ast
 from pglast.enums import AlterTableType, ConstrType
 
 from bluegreen.migrations.lint.context import Context, constraint_columns, default_constraint_name
 from bluegreen.migrations.lint.nodes import (
     add_column_sql,
-    alter_cmds,
+    add_not_valid_sql,
     column_constraints,
     column_without,
     deparse,
-    deparse_alter,
     ident,
     qualified,
     quote,
-    relation_name,
     sql_block,
     table_sql,
 )
@@ -46,13 +42,8 @@ def check(stmt: Statement, ctx: Context) -> list[Finding]:
     node = stmt.node
     if isinstance(node, ast.AlterDomainStmt):
         return _domain(stmt, node, ctx)
-    if not isinstance(node, ast.AlterTableStmt):
-        return []
-    table = relation_name(node.relation)
-    if ctx.is_new(table):
-        return []
     findings = []
-    for cmd in alter_cmds(node, AlterTableType.AT_AddConstraint):
+    for alter, table, cmd in ctx.existing_table_cmds(node, AlterTableType.AT_AddConstraint):
         constraint = cmd.def_
         if (
             not isinstance(constraint, ast.Constraint)
@@ -63,11 +54,6 @@ def check(stmt: Statement, ctx: Context) -> list[Finding]:
         name = constraint.conname or default_constraint_name(
             table, constraint, constraint_columns(constraint)
         )
-        not_valid = copy.copy(constraint)
-        not_valid.skip_validation = True
-        not_valid.initially_valid = False
-        not_valid.conname = name
-        fixed = ast.AlterTableCmd(subtype=AlterTableType.AT_AddConstraint, def_=not_valid)
         findings.append(
             RULE.finding(
                 stmt,
@@ -75,21 +61,18 @@ def check(stmt: Statement, ctx: Context) -> list[Finding]:
                 message=f"ADD CONSTRAINT {quote(name)} CHECK on {quote(table)} scans the table "
                 "under ACCESS EXCLUSIVE",
                 why=WHY,
-                help=_help(deparse_alter(node, fixed), table_sql(table), name),
+                help=_help(add_not_valid_sql(alter, constraint, name), table_sql(table), name),
                 lock=ctx.lock,
             )
         )
-    for cmd in alter_cmds(node, AlterTableType.AT_AddColumn):
-        column = cmd.def_
-        if not isinstance(column, ast.ColumnDef):
-            continue
+    for alter, table, column in ctx.columns_added_to_existing_table(node):
         checks = [c for c in column_constraints(column) if c.contype == ConstrType.CONSTR_CHECK]
         if not checks:
             continue
         col = column.colname or ""
         t = table_sql(table)
         name = checks[0].conname or default_constraint_name(table, checks[0], [col])
-        add = add_column_sql(node, column_without(column, ConstrType.CONSTR_CHECK))
+        add = add_column_sql(alter, column_without(column, ConstrType.CONSTR_CHECK))
         constraint_sql = (
             f"ALTER TABLE {t} ADD CONSTRAINT {ident(name)} CHECK ({deparse(checks[0].raw_expr)}) "
             "NOT VALID"

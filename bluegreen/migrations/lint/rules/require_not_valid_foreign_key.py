@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 from pglast import ast
 from pglast.enums import AlterTableType, ConstrType
 
 from bluegreen.migrations.lint.context import Context, constraint_columns, default_constraint_name
 from bluegreen.migrations.lint.nodes import (
-    alter_cmds,
-    deparse_alter,
+    add_not_valid_sql,
     ident,
     quote,
     relation_name,
@@ -35,34 +32,24 @@ RULE = Rule(
 
 def check(stmt: Statement, ctx: Context) -> list[Finding]:
     """Flag a validated FOREIGN KEY added to a table that existed before this file."""
-    node = stmt.node
     findings = []
-    for cmd in alter_cmds(node, AlterTableType.AT_AddConstraint):
+    for node, table, cmd in ctx.existing_table_cmds(stmt.node, AlterTableType.AT_AddConstraint):
         key = cmd.def_
         if (
             not isinstance(key, ast.Constraint)
-            or not isinstance(node, ast.AlterTableStmt)
             or key.contype != ConstrType.CONSTR_FOREIGN
             or key.skip_validation
         ):
             continue
-        table = relation_name(node.relation)
-        if ctx.is_new(table):
-            continue
         referenced = relation_name(key.pktable)
         name = key.conname or default_constraint_name(table, key, constraint_columns(key))
-        not_valid = copy.copy(key)
-        not_valid.skip_validation = True
-        not_valid.initially_valid = False
-        not_valid.conname = name
-        fixed = ast.AlterTableCmd(subtype=AlterTableType.AT_AddConstraint, def_=not_valid)
         help_text = (
             "Add it NOT VALID (a brief lock; new and updated rows are checked from now on), "
             "then validate the existing rows in a later migration, in its own transaction: "
             f"VALIDATE takes SHARE UPDATE EXCLUSIVE on {quote(table)} and ROW SHARE on "
             f"{quote(referenced)}, so reads and writes go on during the scan:\n"
             + sql_block(
-                deparse_alter(node, fixed),
+                add_not_valid_sql(node, key, name),
                 "-- next migration:",
                 f"ALTER TABLE {table_sql(table)} VALIDATE CONSTRAINT {ident(name)}",
             )

@@ -7,10 +7,8 @@ from pglast.enums import AlterTableType
 from bluegreen.migrations.lint.context import Context
 from bluegreen.migrations.lint.locks import blocks_text
 from bluegreen.migrations.lint.nodes import (
-    alter_cmds,
     ident,
     quote,
-    relation_name,
     sql_block,
     table_sql,
 )
@@ -32,13 +30,9 @@ RULE = Rule(
 
 def check(stmt: Statement, ctx: Context) -> list[Finding]:
     """Flag VALIDATE CONSTRAINT run while this transaction already blocks the table."""
-    node = stmt.node
     findings = []
-    for cmd in alter_cmds(node, AlterTableType.AT_ValidateConstraint):
-        table = relation_name(node.relation)
+    for _, table, cmd in ctx.existing_table_cmds(stmt.node, AlterTableType.AT_ValidateConstraint):
         name = cmd.name or ""
-        if ctx.is_new(table):
-            continue
         added_line = ctx.tx.not_valid.get((table, name))
         fact = ctx.facts.constraints.get((table, name))
         already_valid = fact is not None and fact.validated and added_line is None
