@@ -349,12 +349,19 @@ class _Runner:
         self.locked = True
 
     async def close(self) -> None:
-        if self.lock is not None and self.locked and not self.lock.is_closed():
-            # closing the session releases it anyway
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await locking.release_runner_lock(self.lock)
-        await _close(self.work)
-        await _close(self.lock)
+        try:
+            if self.lock is not None and self.locked and not self.lock.is_closed():
+                # closing the session releases it anyway
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await locking.release_runner_lock(self.lock)
+            await _close(self.work)
+            await _close(self.lock)
+        finally:
+            # Cancelled half-way: end the rest without awaiting, so that no session
+            # (and so no runner lock) outlives the run.
+            for conn in (self.work, self.lock):
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
 
     async def _running_rows_text(self) -> str:
         rows = await history.read_rows(self.lk)

@@ -25,10 +25,12 @@ from bluegreen.migrations.events import (
     InvalidIndexDropped,
     LockRetry,
     MigrationFinished,
+    MigrationStarted,
     ServerNotice,
     StatementStarted,
     StepSkipped,
 )
+from bluegreen.migrations.locking import RUNNER_LOCK_KEY
 from bluegreen.migrations.metrics import MIGRATION_REGISTRY
 from bluegreen.migrations.plan import Direction, MigrationState
 from bluegreen.migrations.runner import RunOptions
@@ -763,6 +765,39 @@ async def test_losing_the_runner_lock_stops_before_the_next_step(
     assert [(r["outcome"], r["steps_done"]) for r in rows] == [("failed", 1)]
     resumed = await runner.apply(pg_dsn, tmp_path)
     assert (resumed.runs[0].outcome.value, resumed.runs[0].resumed_from) == ("applied", 1)
+
+
+async def test_a_run_cancelled_during_its_clean_up_leaves_no_session_behind(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    # A caller that cancels again while the run closes (a controller shutting down
+    # while it stops migrations) must not leave the runner's sessions open: the lock
+    # session would keep the runner lock, and the sockets would leak.
+    write_migration(tmp_path, "0001_slow.sql", "expand", "SELECT pg_sleep(30);")
+    started = asyncio.Event()
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, MigrationStarted):
+            started.set()
+
+    task = asyncio.create_task(runner.apply(pg_dsn, tmp_path, on_event=on_event))
+    await asyncio.wait_for(started.wait(), 30)
+    while not task.done():  # cancel at every await, the clean-up's included
+        task.cancel()
+        await asyncio.sleep(0)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async def sessions_gone() -> bool:
+        count = await fetchval(
+            pg_dsn,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name LIKE 'bluegreen-migrate%'",
+        )
+        return count == 0
+
+    await eventually(sessions_gone, within=10)
+    assert await fetchval(pg_dsn, "SELECT pg_try_advisory_lock($1)", RUNNER_LOCK_KEY) is True
 
 
 async def test_unknown_allowed_rule_is_a_usage_error(pg_dsn: str, tmp_path: Path) -> None:
