@@ -493,10 +493,12 @@ def measure_memory(target: Target, connections: int) -> IdleMemory:
     try:
         pids = process_tree(target.pid)
         during = rss_bytes(pids)
+        workers = [pid for pid in pids if pid != target.pid] or [target.pid]
+        largest = max(rss_bytes([pid]) for pid in workers)
         still_open = idle.count_open(socks)
     finally:
         idle.close_all(socks)
-    return IdleMemory(target.name, len(pids), before, during, connections, still_open)
+    return IdleMemory(target.name, len(pids), before, during, connections, still_open, largest)
 
 
 # --------------------------------------------------------------------------- the run

@@ -84,6 +84,9 @@ class IdleMemory:
     rss_idle: int
     connections: int
     still_open: int
+    # The largest worker process while idle connections are open: a child of the
+    # root process (nginx's workers, bluegreen's with --workers), else the root.
+    largest_worker: int = 0
 
     @property
     def per_connection(self) -> float:
@@ -326,6 +329,7 @@ def memory_rows(runs: Sequence[IdleMemory]) -> list[list[str]]:
                 fmt_bytes(m.rss_before),
                 fmt_bytes(m.rss_idle),
                 fmt_bytes(m.per_connection),
+                fmt_bytes(m.largest_worker) if m.largest_worker else "-",
                 f"{m.still_open}/{m.connections}",
                 fmt_ratio(ratio(m.rss_idle, ref.rss_idle) if ref and m is not ref else None),
             ]
@@ -339,6 +343,7 @@ MEMORY_HEADERS = (
     "RSS before",
     "RSS with idle conns",
     "per idle conn",
+    "largest worker",
     "still open",
     "RSS vs nginx",
 )
@@ -434,6 +439,7 @@ def to_json(report: Report) -> dict[str, object]:
             "connections": m.connections,
             "still_open": m.still_open,
             "bytes_per_idle_connection": m.per_connection,
+            "largest_worker_rss_idle_bytes": m.largest_worker,
         }
         for m in report.memory
     ]

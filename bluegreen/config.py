@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -233,6 +233,9 @@ class Config:
     notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
     rollout: RolloutConfig = RolloutConfig()
+    # Proxy worker processes: 1 serves from the one process; N > 1 (or "auto":
+    # one per usable CPU) runs a control process and N data-plane workers.
+    workers: int | Literal["auto"] = 1
     source: str | None = None
 
 
@@ -290,6 +293,16 @@ def parse_int(value: object, key: str, *, minimum: int, maximum: int | None = No
         bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
         raise ConfigError(key, f"{value} out of range; use {bound}")
     return value
+
+
+def parse_workers(value: object, key: str) -> int | Literal["auto"]:
+    """``auto`` or a number of worker processes (1..1024)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return parse_int(value, key, minimum=1, maximum=1024)
+    except ConfigError:
+        raise ConfigError(key, f"expected a number of processes or auto, got {value!r}") from None
 
 
 def parse_bool(value: object, key: str) -> bool:
@@ -732,6 +745,7 @@ def parse_config(data: object, *, source: str | None = None) -> Config:
             notifications=parse_notifications(root.raw("notifications"), root.key("notifications")),
             preflight=parse_preflight(root.raw("preflight"), root.key("preflight")),
             rollout=_parse_rollout(root.section("rollout")),
+            workers=root.get("workers", parse_workers, 1),
             source=source,
         )
         root.finish()
@@ -824,6 +838,7 @@ def with_overrides(
     green_weight: str | float | None = None,
     state: str | None = None,
     admin: str | None = None,
+    workers: str | None = None,
 ) -> Config:
     """Apply the quick-start command-line flags on top of a config."""
     listeners = cfg.listeners
@@ -846,7 +861,12 @@ def with_overrides(
             routing, green_weight_bp=parse_percent(green_weight, "--green-weight")
         )
     return dataclasses.replace(
-        cfg, listeners=listeners, upstreams=upstreams, routing=routing, state=state_cfg
+        cfg,
+        listeners=listeners,
+        upstreams=upstreams,
+        routing=routing,
+        state=state_cfg,
+        workers=cfg.workers if workers is None else parse_workers(workers, "--workers"),
     )
 
 

@@ -17,6 +17,7 @@ writes; other transfer codings and every content coding pass through as bytes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Final
@@ -121,6 +122,21 @@ RESPONSE_HEADER_CODES: Final[dict[bytes, int]] = {
     b"content-length": RESP_CONTENT_LENGTH,
 }
 
+# One match per response header line that needs a look: group 1 is the
+# lower-case name of a RESPONSE_HEADER_CODES line in canonical form ("Name: v",
+# one space, value not starting with whitespace); group 1 is empty for any
+# line not in that form (the head is then rebuilt the slow way). Names are
+# tokens (llhttp checked), so [^:]*+ never leaves its line. Run on a
+# lower-cased head, from the status line's "\n".
+_RESPONSE_SCAN: Final = re.compile(
+    rb"\n(?:("
+    + b"|".join(re.escape(name) for name in RESPONSE_HEADER_CODES)
+    + rb"):(?= [^ \t])|[^:]*+:(?! [^ \t]))"
+)
+_RESPONSE_NEEDLES: Final = {name: b"\n" + name + b": " for name in RESPONSE_HEADER_CODES}
+_HTTP11_PREFIX: Final = b"HTTP/1.1 "
+_JUST_LENGTH: Final = [b"content-length"]
+
 # Tokens of a Connection header that are options, not header names.
 _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Whole Connection values seen on nearly every message, answered without splitting.
@@ -161,6 +177,102 @@ def remove_headers(lines: list[bytes], names: Iterable[bytes], start: int = 0) -
         if lines[i].lower() not in drop:
             kept.extend(lines[i : i + 4])
     return kept
+
+
+def response_head(head: bytes, status: int) -> tuple[bytes, bool, bytes | None, bytes | None]:
+    """What the proxy forwards of a response head llhttp accepted, with bytes operations only.
+
+    ``head`` is the status line and the header lines as received, each
+    ending in CRLF (no blank line, no leading empty lines). Returns the
+    status line (``HTTP/1.1``, the upstream's reason or the standard one)
+    followed by the end-to-end header lines in their order, each ending in
+    CRLF; whether a Content-Length was present; the Transfer-Encoding
+    value (repeated headers joined); the Upgrade value. Hop-by-hop lines
+    and the lines a Connection header names are dropped.
+
+    The result is byte for byte what copying each header as
+    ``name: value`` (llhttp's name and value) gives: lines already in that
+    form are kept as they are and only the hop-by-hop ones are cut out;
+    a head with any other line is rebuilt line by line.
+    """
+    sl = head.find(b"\n")  # the status line's LF
+    low = head.lower()
+    names = _RESPONSE_SCAN.findall(low, sl)
+    # A status line "HTTP/1.1 NNN reason" is already what status_line() would build.
+    if head[:9] == _HTTP11_PREFIX and sl > 14:
+        if not names:
+            return head, False, None, None
+        pieces = []
+        prev = 0
+    else:
+        first = status_line(status, head[13 : sl - 1])
+        if not names:
+            return first + head[sl + 1 :], False, None, None
+        pieces = [first]
+        prev = sl + 1
+    if b"" in names:
+        return _response_head_slow(head, sl, status)
+    if names == _JUST_LENGTH:
+        return (b"".join(pieces) + head[prev:] if pieces else head), True, None, None
+    has_length = False
+    te: bytes | None = None
+    upgrade: bytes | None = None
+    pos = sl
+    for name in names:
+        if name == b"content-length":
+            has_length = True  # kept; the only special line that is
+            continue
+        needle = _RESPONSE_NEEDLES[name]
+        at = low.find(needle, pos)  # the k-th special line is the first after the one before
+        end = low.find(b"\n", at + 1)
+        if name == b"connection":
+            if low[at + len(needle) : end - 1] not in _PLAIN_CONNECTION and named_by_connection(
+                head[at + len(needle) : end - 1]
+            ):
+                return _response_head_slow(head, sl, status)
+        elif name == b"transfer-encoding":
+            te = join_values(te, head[at + len(needle) : end - 1])
+        elif name == b"upgrade":
+            upgrade = head[at + len(needle) : end - 1]
+        pieces.append(head[prev : at + 1])
+        prev = end + 1
+        pos = end
+    pieces.append(head[prev:])
+    return b"".join(pieces), has_length, te, upgrade
+
+
+def _response_head_slow(
+    head: bytes, sl: int, status: int
+) -> tuple[bytes, bool, bytes | None, bytes | None]:
+    """:func:`response_head` line by line, as llhttp's per-header callbacks report them."""
+    lines = [status_line(status, head[13 : sl - 1])]
+    has_length = False
+    te: bytes | None = None
+    conn: bytes | None = None
+    upgrade: bytes | None = None
+    for line in head[sl + 1 : -2].split(b"\r\n"):
+        if not line:
+            continue  # no header lines at all
+        name, _, value = line.partition(b":")
+        value = value.lstrip(b" \t")  # llhttp drops leading whitespace, keeps trailing
+        code = RESPONSE_HEADER_CODES.get(name.lower())
+        if code is None:
+            lines += (name, COLON_SP, value, CRLF)
+        elif code == RESP_CONTENT_LENGTH:
+            has_length = True
+            lines += (name, COLON_SP, value, CRLF)
+        elif code == RESP_TRANSFER_ENCODING:
+            te = join_values(te, value)
+        elif code == RESP_CONNECTION:
+            conn = join_values(conn, value)
+        elif code == RESP_UPGRADE:
+            upgrade = value
+        # RESP_HOP: dropped
+    if conn is not None:
+        named = named_by_connection(conn)
+        if named:
+            lines = remove_headers(lines, named, start=1)
+    return b"".join(lines), has_length, te, upgrade
 
 
 def is_chunked(transfer_encoding: bytes) -> bool:

@@ -133,6 +133,17 @@ class Replica:
             # The document was validated when it was parsed; this is a bug, not input.
             log.exception("state_apply_failed", version=doc.version)
             return
+        self.mark_applied(doc)
+
+    def mark_applied(self, doc: StateDocument) -> None:
+        """Record that the proxy runs ``doc`` now: heartbeat it, watch drains, log weights.
+
+        Called by :meth:`apply`, or later by a replica whose proxy is in another
+        process (a serve worker), once that process confirms.
+        """
+        previous = self.applied
+        if previous is not None and doc.version <= previous.version:
+            return
         self.applied = doc
         self._wake.set()
         self._fast = wants_fast_heartbeats(doc.rollout)

@@ -36,6 +36,8 @@ from bluegreen.controller.runner import RolloutController
 from bluegreen.logs import AccessLog, ThreadedWriter, configure_logging
 from bluegreen.proxy import ProxyServer
 from bluegreen.replica import ControlPlane, ControlPlaneSettings
+from bluegreen.shutdown import SIGNALS, CutAfterDrain
+from bluegreen.workers import serve_workers, worker_count
 
 EXIT_OK = 0
 EXIT_FORCED = 1
@@ -82,14 +84,29 @@ async def serve(
     plane = await ControlPlane.open(
         settings, green_bp=routing.green_weight_bp, salt=routing.salt, mirror_bp=routing.mirror_bp
     )
+    cut = CutAfterDrain()
     try:
-        return await _serve(config, plane, ready)
+        try:
+            count = worker_count(config)
+            if count > 1:  # a control process and `count` data-plane workers
+                return await serve_workers(config, plane, count, cut)
+            return await _serve(config, plane, ready, cut)
+        finally:
+            await plane.close()
+    except asyncio.CancelledError:
+        if not cut.fired:
+            raise
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]  # we run in a task
+        return EXIT_FORCED
     finally:
-        await plane.close()
+        cut.disarm()
 
 
 async def _serve(
-    config: Config, plane: ControlPlane, ready: Callable[[ProxyServer], None] | None
+    config: Config,
+    plane: ControlPlane,
+    ready: Callable[[ProxyServer], None] | None,
+    cut: CutAfterDrain,
 ) -> int:
     loop = asyncio.get_running_loop()
     own_stream, writer = _open_access_log(config)
@@ -127,7 +144,7 @@ async def _serve(
             await controller.stop()
             await proxy.stop()
             raise
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in SIGNALS:
             loop.add_signal_handler(signum, on_signal, signum)
         host, port = proxy.address
         log.info(
@@ -164,9 +181,8 @@ async def _serve(
         log.info("proxy_stopped", drained=drain.result())
         return EXIT_OK
     finally:
+        cut.arm()  # replaces on_signal for the clean-up that is left
         await controller.stop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
         if writer is not None:
             writer.close()
         if own_stream is not None:

@@ -22,6 +22,10 @@ are swallowed (the proxy answers ``100 Continue`` itself), the framing of the
 body is worked out (length, chunked, until close, none), and a response to
 HEAD — which llhttp cannot be told about — is treated as complete at its
 head, with a fresh parser for the next response.
+
+Response heads are validated by llhttp without per-header callbacks (each
+one costs a Python call): once llhttp reports the head complete, its raw
+bytes are filtered with bytes operations (:func:`~bluegreen.http_head.response_head`).
 """
 
 from __future__ import annotations
@@ -43,19 +47,10 @@ from bluegreen.errors import (
     UpstreamTimeoutError,
 )
 from bluegreen.http_head import (
-    COLON_SP,
-    CRLF,
     DETAIL_BUSY,
     DETAIL_QUEUE_TIMEOUT,
-    RESP_CONNECTION,
-    RESP_CONTENT_LENGTH,
-    RESP_TRANSFER_ENCODING,
-    RESP_UPGRADE,
-    RESPONSE_HEADER_CODES,
     is_chunked,
-    join_values,
-    named_by_connection,
-    remove_headers,
+    response_head,
 )
 from bluegreen.metrics import PoolGauge
 
@@ -80,6 +75,8 @@ _BODY: Final = 3  # reading a body
 _DONE: Final = 4  # the response is complete
 _UPGRADED: Final = 5  # a 101 was read; the connection becomes a tunnel
 
+_CR_LF: Final = b"\r\n"
+_NEVER: Final = float("inf")
 # A deadline may fire this much early (asyncio runs timers within its clock resolution).
 _TIMER_SLACK: Final = 0.001
 # Log at most one connect failure per server per this many seconds.
@@ -104,39 +101,48 @@ class TimedProtocol(asyncio.Protocol):
 
     Moving the deadline later only stores a float; the timer notices when it
     fires and sleeps again. Only an earlier deadline reschedules the handle.
+    Hot paths inline :meth:`_set_deadline` as ``self._deadline = d`` plus
+    ``if d < self._timer_at: self._arm(d)``.
     Subclasses implement :meth:`_deadline_expired`.
     """
 
-    __slots__ = ("_deadline", "_loop", "_timer")
+    __slots__ = ("_deadline", "_loop", "_timer", "_timer_at")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = _NEVER  # when _timer fires (a float compare beats timer.when())
 
     def _set_deadline(self, deadline: float) -> None:
         self._deadline = deadline
+        if deadline < self._timer_at:
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        """(Re)schedule the timer for ``deadline``, earlier than it fires now."""
         timer = self._timer
-        if timer is None:
-            self._timer = self._loop.call_at(deadline, self._timer_fired)
-        elif timer.when() > deadline:
+        if timer is not None:
             timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._timer_fired)
+        self._timer = self._loop.call_at(deadline, self._timer_fired)
+        self._timer_at = deadline
 
     def _stop_timer(self) -> None:
         self._deadline = 0.0
+        self._timer_at = _NEVER
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def _timer_fired(self) -> None:
         self._timer = None
+        self._timer_at = _NEVER
         deadline = self._deadline
         if deadline == 0.0:
             return
         now = self._loop.time()
         if now + _TIMER_SLACK < deadline:
-            self._timer = self._loop.call_at(deadline, self._timer_fired)
+            self._arm(deadline)
             return
         self._deadline = 0.0
         self._deadline_expired(now)
@@ -169,23 +175,23 @@ class UpstreamUser(Protocol):
     def on_response_head(
         self,
         status: int,
-        reason: bytes,
-        lines: list[bytes],
+        head: bytes,
         framing: int,
         upgrade: bytes | None,
         transfer_encoding: bytes | None,
     ) -> None:
-        """The final status and end-to-end headers (flat name/sep/value/CRLF list).
+        """The final status: status line and end-to-end header lines, each ending in CRLF.
 
-        ``upgrade`` is the Upgrade value of a 101; ``transfer_encoding`` the
-        upstream's codings of a chunked or close-delimited body.
+        ``head`` has no blank line yet. ``upgrade`` is the Upgrade value of a
+        101; ``transfer_encoding`` the upstream's codings of a chunked or
+        close-delimited body.
         """
 
     def on_response_body(self, chunk: bytes) -> None:
         """A piece of the (de-chunked) body."""
 
     def on_response_complete(self) -> None:
-        """The response ended."""
+        """A chunked, close-delimited or HEAD response ended (the others need no ending)."""
 
     def flush_response(self) -> None:
         """End of one upstream read: write what was produced, in one write."""
@@ -224,18 +230,15 @@ class UpstreamConnection(TimedProtocol):
 
     __slots__ = (
         "_broken",
-        "_conn_value",
+        "_buf",
         "_framing",
         "_got_bytes",
-        "_has_length",
-        "_head_complete",
+        "_hpos",
         "_keep_alive",
-        "_lines",
+        "_pending",
+        "_read_timeout",
         "_reading_paused",
-        "_reason",
         "_state",
-        "_te",
-        "_upgrade_value",
         "closed",
         "idle",
         "parser",
@@ -250,6 +253,7 @@ class UpstreamConnection(TimedProtocol):
     def __init__(self, server: UpstreamServer) -> None:
         super().__init__(server.loop)
         self.server = server
+        self._read_timeout = server.settings.read_timeout
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
         self.user: UpstreamUser | None = None
@@ -263,14 +267,13 @@ class UpstreamConnection(TimedProtocol):
         self._broken = False
         self._keep_alive = False
         self._reading_paused = False
-        self._head_complete = False
-        self._lines: list[bytes] = []
-        self._reason = b""
         self._framing = FRAMING_NONE
-        self._te: bytes | None = None
-        self._has_length = False
-        self._conn_value: bytes | None = None
-        self._upgrade_value: bytes | None = None
+        # The raw bytes of the head being read: the current read (_buf) and
+        # where in it the head starts (_hpos); a head split over several reads
+        # keeps its earlier pieces in _pending, joined once it is complete.
+        self._buf: bytes | None = None
+        self._hpos = 0
+        self._pending: list[bytes] = []
 
     # ------------------------------------------------------------ use by the proxy
 
@@ -285,16 +288,20 @@ class UpstreamConnection(TimedProtocol):
         self.idle = False
         self._state = _HEAD
         self._got_bytes = False
-        self._set_deadline(now + self.server.settings.read_timeout)
+        deadline = self._deadline = now + self._read_timeout  # _set_deadline, inline
+        if deadline < self._timer_at:
+            self._arm(deadline)
 
     def park(self, expires: float) -> None:
         """Become idle in the pool until ``expires`` (loop time)."""
         self.idle = True
-        self._set_deadline(expires)
+        self._deadline = expires  # _set_deadline, inline
+        if expires < self._timer_at:
+            self._arm(expires)
 
     def touch(self, now: float) -> None:
         """Push the read deadline out after the proxy wrote request bytes."""
-        self._deadline = now + self.server.settings.read_timeout
+        self._deadline = now + self._read_timeout
 
     def write(self, data: bytes) -> None:
         """Write request bytes."""
@@ -338,10 +345,11 @@ class UpstreamConnection(TimedProtocol):
         user = self.user
         if self.tunnel:
             if user is not None:
-                self._deadline = self._loop.time() + self.server.settings.read_timeout
+                self._deadline = self._loop.time() + self._read_timeout
                 user.tunnel_data(data)
             return
-        if user is None or self._state == _DONE:
+        state = self._state
+        if user is None or state == _DONE:
             # Bytes nobody asked for: the connection is out of sync; never reuse it.
             self._broken = True
             if user is None:
@@ -350,23 +358,47 @@ class UpstreamConnection(TimedProtocol):
                     self.transport.abort()
             return
         self._got_bytes = True
-        self._deadline = self._loop.time() + self.server.settings.read_timeout
+        in_head = state < _BODY
+        if in_head:
+            pending = self._pending
+            if pending:
+                pending.append(data)
+                self._buf = None  # joined in on_headers_complete
+            else:
+                self._buf = data
+            self._hpos = 0
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
+            self._buf = None
             if self._state != _UPGRADED:
                 self._fail(user)
                 return
+            self._deadline = self._loop.time() + self._read_timeout
             offset = exc.args[0]
             self.tunnel = True
             user.start_tunnel(self, data[offset:] if offset < len(data) else b"")
             return
         except HttpParserError:
-            self._fail(user)
-            return
+            self._buf = None
+            if self._state != _DONE:
+                self._fail(user)
+                return
+            self._broken = True  # bytes after a complete response: finish it, never reuse
+        if in_head:
+            buf = self._buf
+            if buf is not None:
+                self._buf = None
+                if self._state < _BODY:  # the head goes on in the next read
+                    rest = buf[self._hpos :]
+                    if rest:
+                        self._pending = [rest]
         user.flush_response()
+        now = self._loop.time()
         if self._state == _DONE:
-            self._message_done(user)
+            self._message_done(user, now)
+        else:
+            self._deadline = now + self._read_timeout
 
     def eof_received(self) -> bool | None:
         if self.user is None:
@@ -411,7 +443,7 @@ class UpstreamConnection(TimedProtocol):
                 self.abort()
             return
         if self._reading_paused:  # our client is slow, not the upstream: wait on
-            self._set_deadline(now + self.server.settings.read_timeout)
+            self._set_deadline(now + self._read_timeout)
             return
         if self.tunnel:
             self.close()
@@ -423,73 +455,48 @@ class UpstreamConnection(TimedProtocol):
 
     # ------------------------------------------------------------ parser callbacks
 
-    def on_message_begin(self) -> None:
-        if self._state == _INTERIM or self._state == _HEAD:
-            self._state = _HEAD
-        self._lines = []
-        self._reason = b""
-        self._te = None
-        self._has_length = False
-        self._conn_value = None
-        self._upgrade_value = None
-        self._head_complete = False
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._head_complete:
-            return  # a trailer: dropped (hop-by-hop framing detail)
-        code = RESPONSE_HEADER_CODES.get(name.lower())
-        if code is None:
-            self._lines += (name, COLON_SP, value, CRLF)
-        elif code == RESP_CONTENT_LENGTH:
-            self._has_length = True
-            self._lines += (name, COLON_SP, value, CRLF)
-        elif code == RESP_TRANSFER_ENCODING:
-            self._te = join_values(self._te, value)
-        elif code == RESP_CONNECTION:
-            self._conn_value = join_values(self._conn_value, value)
-        elif code == RESP_UPGRADE:
-            self._upgrade_value = value
-        # RESP_HOP: dropped
+    # No on_header / on_status / on_message_begin: llhttp then makes no Python
+    # call per header; the head is read from the raw bytes once complete.
+    # Trailers of a chunked body are thereby dropped (hop-by-hop framing detail).
 
     def on_headers_complete(self) -> None:
-        self._head_complete = True
+        user = self.user
+        if user is None or self._state > _INTERIM:
+            raise _ProtocolViolation  # a second response to one request
+        buf = self._buf
+        if buf is None:  # the head came in several reads
+            buf = self._buf = b"".join(self._pending)
+            self._pending = []
+        start = self._hpos
+        if buf[start] != 72:  # not the "H" of "HTTP/"
+            while buf[start] in _CR_LF:  # llhttp skips empty lines before a status line
+                start += 1
+        end = buf.find(b"\r\n\r\n", start) + 2  # the first blank line ends a valid head
         parser = self.parser
         status = parser.get_status_code()
-        user = self.user
-        if user is None:
-            raise _ProtocolViolation
         if status < 200 and status != 101:
+            self._hpos = end + 2  # the next head starts there
             self._state = _INTERIM  # 100 Continue, 103 Early Hints...: swallowed
             return
         self._keep_alive = parser.should_keep_alive()
-        if self._conn_value is not None:
-            named = named_by_connection(self._conn_value)
-            if named:
-                self._lines = remove_headers(self._lines, named)
+        head, has_length, te, upgrade = response_head(buf[start:end], status)
         if status == 101:
             if not user.upgrade:
                 raise _ProtocolViolation
             framing = FRAMING_NONE
             self._state = _UPGRADED
-        elif user.is_head or status == 204 or status == 304:
-            framing = FRAMING_NONE
-            self._state = _BODY
-        elif self._te is not None:
-            framing = FRAMING_CHUNKED if is_chunked(self._te) else FRAMING_UNTIL_CLOSE
-            self._state = _BODY
-        elif self._has_length:
-            framing = FRAMING_LENGTH
-            self._state = _BODY
         else:
-            framing = FRAMING_UNTIL_CLOSE
+            if user.is_head or status == 204 or status == 304:
+                framing = FRAMING_NONE
+            elif has_length:  # llhttp refuses Content-Length with Transfer-Encoding
+                framing = FRAMING_LENGTH
+            elif te is not None:
+                framing = FRAMING_CHUNKED if is_chunked(te) else FRAMING_UNTIL_CLOSE
+            else:
+                framing = FRAMING_UNTIL_CLOSE
             self._state = _BODY
         self._framing = framing
-        user.on_response_head(
-            status, self._reason, self._lines, framing, self._upgrade_value, self._te
-        )
+        user.on_response_head(status, head, framing, upgrade, te)
         if user.is_head and status != 101:
             # llhttp would wait for the body Content-Length announces; a HEAD
             # response has none. Finish here; _message_done swaps the parser.
@@ -507,19 +514,20 @@ class UpstreamConnection(TimedProtocol):
 
     def on_message_complete(self) -> None:
         state = self._state
-        if state in (_INTERIM, _UPGRADED, _DONE):
-            return
         if state != _BODY:
+            if state in (_INTERIM, _UPGRADED, _DONE):
+                return
             raise _ProtocolViolation
         self._keep_alive = self._keep_alive and self.parser.should_keep_alive()
         self._state = _DONE
-        user = self.user
-        if user is not None:
-            user.on_response_complete()
+        if self._framing >= FRAMING_CHUNKED:  # a length or no body needs no ending
+            user = self.user
+            if user is not None:
+                user.on_response_complete()
 
     # ------------------------------------------------------------ internals
 
-    def _message_done(self, user: UpstreamUser) -> None:
+    def _message_done(self, user: UpstreamUser, now: float) -> None:
         reusable = (
             self._keep_alive
             and not self._broken
@@ -532,7 +540,6 @@ class UpstreamConnection(TimedProtocol):
         self.user = None
         self._state = _IDLE
         self.requests += 1
-        now = self._loop.time()
         if reusable:
             self.server.release(self, now)
         else:
@@ -649,7 +656,8 @@ class UpstreamServer:
 
     def release(self, conn: UpstreamConnection, now: float) -> None:
         """Take back a connection whose response completed and which can be reused."""
-        if self._closed or conn.closed or self.settings.idle_timeout <= 0:
+        idle_timeout = self.settings.idle_timeout
+        if self._closed or conn.closed or idle_timeout <= 0:
             conn.abort()
             return
         waiters = self.waiters
@@ -657,7 +665,7 @@ class UpstreamServer:
             user, _ = waiters.popleft()
             if user.upstream_ready(conn):
                 return
-        conn.park(now + self.settings.idle_timeout)
+        conn.park(now + idle_timeout)
         self.idle.append(conn)
 
     def discard(self, conn: UpstreamConnection) -> None:
@@ -777,13 +785,14 @@ class UpstreamServer:
 class ServerSet:
     """One colour's servers, balanced round-robin."""
 
-    __slots__ = ("_next", "colour", "servers")
+    __slots__ = ("_next", "colour", "only", "servers")
 
     def __init__(self, colour: Colour, servers: list[UpstreamServer]) -> None:
         if not servers:
             raise ValueError(f"no {colour} servers")
         self.colour = colour
         self.servers = tuple(servers)
+        self.only = servers[0] if len(servers) == 1 else None  # no turn to take
         self._next = 0
 
     def pick(self) -> UpstreamServer:

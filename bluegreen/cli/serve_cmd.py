@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from bluegreen.config import (
@@ -60,6 +61,12 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         help="admin API address (listeners.admin; default 127.0.0.1:9900; port 0 picks one). "
         "A non-loopback address needs admin.token or BLUEGREEN_ADMIN_TOKEN",
     )
+    parser.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="proxy worker processes (workers; default 1): N > 1 or auto (one per usable "
+        "CPU) runs a control process and N data-plane workers sharing the listener",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -74,6 +81,7 @@ def build_config(args: argparse.Namespace) -> Config:
         green_weight=args.green_weight,
         state=args.state,
         admin=args.admin,
+        workers=args.workers,
     )
     require_upstreams(config)
     admin_key = "--admin" if args.admin is not None else "listeners.admin"
@@ -82,6 +90,9 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: serve until a signal; the exit code of the drain."""
+    # structlog loads rich whenever it is importable (here only a test dependency),
+    # to pretty-print in consoles; serve logs JSON, and rich costs ~6 MB per process.
+    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]  # None blocks the import
     config = build_config(args)
     # The data plane loads only for this command.
     from bluegreen.replica import ControlPlaneSettings
