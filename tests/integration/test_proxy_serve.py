@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
 import sys
@@ -283,3 +284,43 @@ async def test_access_log_lines_reach_stdout(
     assert {r["colour"] for r in records} == {"blue"}
     # Durations come from a clock finer than uvloop's millisecond loop time.
     assert any(round(r["duration_s"] * 1e6) % 1000 for r in records)
+
+
+async def test_a_signal_during_the_clean_up_after_the_drain_exits_1(
+    upstreams: tuple[Upstream, Upstream], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second SIGTERM while the control plane closes cuts the clean-up: exit 1, not -15."""
+    from bluegreen.config import Config, with_overrides
+    from bluegreen.replica import ControlPlane
+    from bluegreen.serve import serve
+
+    blue, green = upstreams
+    config = with_overrides(
+        Config(),
+        listen="127.0.0.1:0",
+        blue=[blue.address],
+        green=[green.address],
+        state=f"file:{tmp_path / 'state.json'}",
+        admin="127.0.0.1:0",
+    )
+    close = ControlPlane.close
+    cleaning = asyncio.Event()
+
+    async def slow_close(self: ControlPlane) -> None:
+        # The drain is over; the clean-up now takes long enough for a second signal.
+        cleaning.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await close(self)  # the test's own clean-up
+
+    monkeypatch.setattr(ControlPlane, "close", slow_close)
+    listening = asyncio.Event()
+    served = asyncio.ensure_future(serve(config, ready=lambda _proxy: listening.set()))
+    await asyncio.wait_for(listening.wait(), 20)
+    os.kill(os.getpid(), signal.SIGTERM)  # the drain: nothing in flight, over at once
+    await asyncio.wait_for(cleaning.wait(), 20)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(served, 5) == 1
+    # The handlers are gone with serve: the default action is back.
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
