@@ -159,8 +159,8 @@ class _Worker:
         self.flags = FlagHeaderCache()
         self.proxy: ProxyServer | None = None
         self.applied_weights: dict[str, int] = {}
-        self.stop = asyncio.Event()
-        self.requests = 0  # drain requests seen (signals and messages): a second one cuts
+        self.stop = asyncio.Event()  # leave: drain, or cut when ``cut`` is set too
+        self.cut = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
 
     def send(self, *message: Any) -> None:
@@ -199,7 +199,13 @@ class _Worker:
         task.add_done_callback(self.tasks.discard)
 
     def drain_requested(self) -> None:
-        self.requests += 1
+        # Idempotent: a terminal's Ctrl-C or systemd's stop signals the whole process
+        # group, so the worker sees the signal and the control process's "drain"
+        # message for one and the same request. Only "stop" cuts.
+        self.stop.set()
+
+    def cut_requested(self) -> None:
+        self.cut.set()
         self.stop.set()
 
     async def ticker(self) -> None:
@@ -224,8 +230,7 @@ class _Worker:
             elif kind == "drain":
                 self.drain_requested()
             elif kind == "stop":
-                self.requests = max(self.requests, 1)
-                self.drain_requested()
+                self.cut_requested()
 
 
 async def _run(channel: socket.socket) -> int:
@@ -274,13 +279,12 @@ async def _run(channel: socket.socket) -> int:
         follow = loop.create_task(worker.follow(reader))
         ticker = loop.create_task(worker.ticker())
         await worker.stop.wait()
-        worker.stop.clear()
         log.info("worker_draining", connections=len(proxy.connections))
-        if worker.requests > 1:
+        if worker.cut.is_set():
             await proxy.stop()
             return EXIT_FORCED
         drain = loop.create_task(proxy.drain(config.timeouts.drain))
-        forced = loop.create_task(worker.stop.wait())
+        forced = loop.create_task(worker.cut.wait())
         await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
         if not drain.done():
             drain.cancel()

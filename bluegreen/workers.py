@@ -105,12 +105,20 @@ def reserve_port(config: Config) -> socket.socket:
     address = config.listeners.proxy
     infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
     family, kind, proto, _, sockaddr = infos[0]
+    probe = socket.socket(family, kind, proto)
     sock = socket.socket(family, kind, proto)
     try:
+        # First without SO_REUSEPORT: another server that also set it (a second
+        # bluegreen started by mistake) would otherwise share the port silently.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(sockaddr)
+        sockaddr = probe.getsockname()  # port 0: the one the kernel picked
+        probe.close()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
     except OSError as exc:
+        probe.close()
         sock.close()
         raise ConfigError(
             "listeners.proxy",
@@ -703,6 +711,7 @@ async def serve_workers(
             green_weight_percent=plane.store.current.green_weight_bp / 100,
             state_version=plane.store.current.version,
             admin=admin.url,
+            event_loop=type(loop).__module__.split(".")[0],
         )
         await stop.wait()
         await controller.step_down()
