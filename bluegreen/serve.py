@@ -33,6 +33,7 @@ from bluegreen.admin_rollout import rollout_routes
 from bluegreen.config import Config
 from bluegreen.controller.executors import ControllerSettings
 from bluegreen.controller.runner import RolloutController
+from bluegreen.heap import freeze_startup_objects
 from bluegreen.logs import AccessLog, ThreadedWriter, configure_logging
 from bluegreen.proxy import ProxyServer
 from bluegreen.replica import ControlPlane, ControlPlaneSettings
@@ -159,6 +160,7 @@ async def _serve(
         )
         if ready is not None:
             ready(proxy)
+        freeze_startup_objects()
         await stop.wait()
         # Step down first, so another replica takes over the rollout while this one drains.
         await controller.step_down()

@@ -236,6 +236,7 @@ class _Worker:
 async def _run(channel: socket.socket) -> int:
     import structlog
 
+    from bluegreen.heap import freeze_startup_objects
     from bluegreen.logs import AccessLog, ThreadedWriter
     from bluegreen.proxy import ProxyServer, create_listener
 
@@ -276,6 +277,7 @@ async def _run(channel: socket.socket) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, worker.drain_requested)
         worker.send("ready", os.getpid(), version, stats_of(proxy))
+        freeze_startup_objects()
         follow = loop.create_task(worker.follow(reader))
         ticker = loop.create_task(worker.ticker())
         await worker.stop.wait()

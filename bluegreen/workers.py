@@ -51,6 +51,7 @@ import structlog
 from bluegreen.admin import AdminContext, AdminServer, create_app, start_admin
 from bluegreen.config import Config
 from bluegreen.errors import ConfigError
+from bluegreen.heap import freeze_startup_objects
 from bluegreen.metrics import ColourSnapshot, ColourStats, PoolGauge, ProxyMetrics, StatsSnapshot
 from bluegreen.replica import (
     ControlPlane,
@@ -713,6 +714,7 @@ async def serve_workers(
             admin=admin.url,
             event_loop=type(loop).__module__.split(".")[0],
         )
+        freeze_startup_objects()
         await stop.wait()
         await controller.step_down()
         log.info(
