@@ -22,7 +22,6 @@ uvloop is used when it is installed (``pip install bluegreen[fast]``).
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from collections.abc import Callable
 from typing import IO
@@ -33,27 +32,17 @@ from bluegreen.admin_rollout import rollout_routes
 from bluegreen.config import Config
 from bluegreen.controller.executors import ControllerSettings
 from bluegreen.controller.runner import RolloutController
-from bluegreen.heap import freeze_startup_objects
 from bluegreen.logs import AccessLog, ThreadedWriter, configure_logging
 from bluegreen.proxy import ProxyServer
 from bluegreen.replica import ControlPlane, ControlPlaneSettings
-from bluegreen.shutdown import SIGNALS, CutAfterDrain
+from bluegreen.runtime import freeze_startup_objects, loop_factory
+from bluegreen.shutdown import CutAfterDrain, DrainSignals
 from bluegreen.workers import serve_workers, worker_count
 
 EXIT_OK = 0
 EXIT_FORCED = 1
 
 log = structlog.get_logger("bluegreen.serve")
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop factory when uvloop is installed, else None (asyncio's default)."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 def run(config: Config, *, control: ControlPlaneSettings | None = None) -> int:
@@ -115,17 +104,11 @@ async def _serve(
     proxy = ProxyServer(config, access_log=access_log, request_header_hook=plane.header_hook)
     if writer is not None:
         proxy.metrics.access_log_dropped = lambda: writer.dropped
-    stop = asyncio.Event()
-    signals_seen: list[int] = []
+    signals = DrainSignals()
     controller = RolloutController(
         plane.store, ControllerSettings.from_config(config), actor=f"controller@{plane.actor}"
     )
     routes, schemas = rollout_routes(controller)
-
-    def on_signal(signum: int) -> None:
-        signals_seen.append(signum)
-        stop.set()
-
     try:
         await proxy.start()
         try:
@@ -145,8 +128,7 @@ async def _serve(
             await controller.stop()
             await proxy.stop()
             raise
-        for signum in SIGNALS:
-            loop.add_signal_handler(signum, on_signal, signum)
+        signals.install()
         host, port = proxy.address
         log.info(
             "proxy_listening",
@@ -161,26 +143,20 @@ async def _serve(
         if ready is not None:
             ready(proxy)
         freeze_startup_objects()
-        await stop.wait()
+        signal_name = await signals.first()
         # Step down first, so another replica takes over the rollout while this one drains.
         await controller.step_down()
         log.info(
             "drain_started",
-            signal=signal.Signals(signals_seen[0]).name,
+            signal=signal_name,
             timeout_s=config.timeouts.drain,
             connections=len(proxy.connections),
         )
-        stop.clear()
-        drain = asyncio.ensure_future(proxy.drain(config.timeouts.drain))
-        forced = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
-        if not drain.done():
+        drained = await signals.drain(proxy.drain(config.timeouts.drain), proxy.stop)
+        if drained is None:
             log.warning("drain_forced", connections=len(proxy.connections))
-            drain.cancel()
-            await proxy.stop()
             return EXIT_FORCED
-        forced.cancel()
-        log.info("proxy_stopped", drained=drain.result())
+        log.info("proxy_stopped", drained=drained)
         return EXIT_OK
     finally:
         cut.arm()  # replaces on_signal for the clean-up that is left

@@ -38,7 +38,6 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
@@ -138,16 +137,6 @@ def stats_of(proxy: ProxyServer) -> WorkerStats:
 # --------------------------------------------------------------------------- the worker
 
 
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop factory when uvloop is installed, else None (asyncio's default)."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
 class _Worker:
     """The worker's life: start the proxy, follow the control process, drain, exit."""
 
@@ -236,9 +225,9 @@ class _Worker:
 async def _run(channel: socket.socket) -> int:
     import structlog
 
-    from bluegreen.heap import freeze_startup_objects
     from bluegreen.logs import AccessLog, ThreadedWriter
     from bluegreen.proxy import ProxyServer, create_listener
+    from bluegreen.runtime import freeze_startup_objects
 
     log = structlog.get_logger("bluegreen.worker")
     loop = asyncio.get_running_loop()
@@ -320,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m bluegreen.worker FD  (started by bluegreen serve)", file=sys.stderr)
         return EXIT_FAILED
     from bluegreen.logs import configure_logging
+    from bluegreen.runtime import loop_factory
 
     configure_logging()
     channel = socket.socket(fileno=int(args[0]))

@@ -51,7 +51,6 @@ import structlog
 from bluegreen.admin import AdminContext, AdminServer, create_app, start_admin
 from bluegreen.config import Config
 from bluegreen.errors import ConfigError
-from bluegreen.heap import freeze_startup_objects
 from bluegreen.metrics import ColourSnapshot, ColourStats, PoolGauge, ProxyMetrics, StatsSnapshot
 from bluegreen.replica import (
     ControlPlane,
@@ -61,7 +60,8 @@ from bluegreen.replica import (
     migration_registry,
 )
 from bluegreen.routing import Colour
-from bluegreen.shutdown import CutAfterDrain
+from bluegreen.runtime import freeze_startup_objects
+from bluegreen.shutdown import CutAfterDrain, DrainSignals
 from bluegreen.state.model import ReplicaInfo, StateDocument, to_json
 from bluegreen.worker import EXIT_FAILED, WorkerInit, WorkerStats, encode, read_message
 
@@ -668,9 +668,7 @@ async def start_control(
     return plane.admin
 
 
-async def serve_workers(
-    config: Config, plane: ControlPlane, count: int, cut: CutAfterDrain
-) -> int:
+async def serve_workers(config: Config, plane: ControlPlane, count: int, cut: CutAfterDrain) -> int:
     """Run ``count`` workers and the control plane until a signal; drain; the exit code."""
     # Imported here: the controller (and its migrations code) only loads for serve.
     from bluegreen.admin_rollout import rollout_routes
@@ -685,13 +683,7 @@ async def serve_workers(
         plane.store, ControllerSettings.from_config(config), actor=f"controller@{plane.actor}"
     )
     routes, schemas = rollout_routes(controller)
-    stop = asyncio.Event()
-    signals_seen: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        signals_seen.append(signum)
-        stop.set()
-
+    signals = DrainSignals()
     try:
         admin = await start_control(plane, pool, extra_routes=routes, extra_schemas=schemas)
         first = pool.replicas[0]
@@ -700,8 +692,7 @@ async def serve_workers(
         )
         pool.metrics.register(controller.metrics)
         await controller.start()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_signal, signum)
+        signals.install()
         log.info(
             "proxy_listening",
             address=f"{host}:{port}",
@@ -715,25 +706,16 @@ async def serve_workers(
             event_loop=type(loop).__module__.split(".")[0],
         )
         freeze_startup_objects()
-        await stop.wait()
+        signal_name = await signals.first()
         await controller.step_down()
         log.info(
-            "drain_started",
-            signal=signal.Signals(signals_seen[0]).name,
-            timeout_s=config.timeouts.drain,
-            workers=count,
+            "drain_started", signal=signal_name, timeout_s=config.timeouts.drain, workers=count
         )
-        stop.clear()
-        drain = asyncio.ensure_future(pool.drain(config.timeouts.drain))
-        forced = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
-        if not drain.done():
+        drained = await signals.drain(pool.drain(config.timeouts.drain), pool.stop)
+        if drained is None:
             log.warning("drain_forced", workers=count)
-            drain.cancel()
-            await pool.stop()
             return EXIT_FORCED
-        forced.cancel()
-        log.info("proxy_stopped", drained=drain.result())
+        log.info("proxy_stopped", drained=drained)
         return EXIT_OK
     finally:
         cut.arm()  # replaces on_signal for the clean-up that is left

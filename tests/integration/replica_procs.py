@@ -60,7 +60,7 @@ class ServeReplica:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bluegreen", "serve",
             "--listen", f"127.0.0.1:{port}", "--admin", "127.0.0.1:0", "--state", state,
-            "--blue", blue, "--green", green, *args,
+            "--blue", blue, "--green", green, "--workers", "1", *args,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=environ,
         )  # fmt: skip
         replica = cls(proc, port)

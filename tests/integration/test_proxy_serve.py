@@ -51,7 +51,7 @@ class ServeProcess:
         port = free_port()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bluegreen", "serve", "--listen", f"127.0.0.1:{port}",
-            *control_args(port), *args,
+            *control_args(port), "--workers", "1", *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
@@ -297,11 +297,12 @@ async def test_a_signal_during_the_clean_up_after_the_drain_exits_1(
     blue, green = upstreams
     config = with_overrides(
         Config(),
-        listen="127.0.0.1:0",
+        listen=f"127.0.0.1:{free_port()}",
         blue=[blue.address],
         green=[green.address],
         state=f"file:{tmp_path / 'state.json'}",
         admin="127.0.0.1:0",
+        workers="1",
     )
     close = ControlPlane.close
     cleaning = asyncio.Event()
@@ -324,3 +325,27 @@ async def test_a_signal_during_the_clean_up_after_the_drain_exits_1(
     assert await asyncio.wait_for(served, 5) == 1
     # The handlers are gone with serve: the default action is back.
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+
+
+async def test_a_second_signal_during_the_drain_cuts_and_exits_1(
+    upstreams: tuple[Upstream, Upstream],
+) -> None:
+    blue, green = upstreams
+    blue.held.clear()
+    blue.release.clear()
+    serve = await ServeProcess.start("--blue", blue.address, "--green", green.address)
+    try:
+        busy = await RawClient.connect("127.0.0.1", serve.port)
+        await busy.send(get("/hold"))
+        await asyncio.wait_for(blue.held.wait(), 5)
+        serve.proc.send_signal(signal.SIGTERM)
+        assert await refuses_connections(serve.port)  # draining: the request still in flight
+        serve.proc.send_signal(signal.SIGTERM)
+        code, _, events = await serve.finish()
+        assert await busy.closed()  # cut, without a response
+        await busy.close()
+    finally:
+        serve.kill()
+        blue.release.set()
+    assert code == 1
+    assert "drain_forced" in [e["event"] for e in events]

@@ -217,3 +217,28 @@ async def test_sigterm_drains_every_worker_then_exits_0(
     assert names.count("worker_draining") == 2
     assert [e["drained"] for e in serve.logged("worker_stopped")] == [True, True]
     assert names.index("drain_started") < names.index("proxy_stopped")
+
+
+async def test_a_second_sigterm_during_the_drain_cuts_every_worker_and_exits_1(
+    serve: ServeReplica, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    blue, _ = upstreams
+    blue.held.clear()
+    blue.release.clear()
+    busy = await RawClient.connect("127.0.0.1", serve.port)
+    await busy.send(get("/hold"))
+    await asyncio.wait_for(blue.held.wait(), 5)
+    serve.proc.send_signal(signal.SIGTERM)
+
+    async def draining() -> bool:
+        return "worker_draining" in [e["event"] for e in serve.events]
+
+    await poll(draining)
+    serve.proc.send_signal(signal.SIGTERM)
+    try:
+        assert await serve.stop(sig=0, within=30) == 1
+        assert await busy.closed()  # cut, without a response
+    finally:
+        blue.release.set()
+        await busy.close()
+    assert "drain_forced" in [e["event"] for e in serve.events]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from bluegreen.heap import freeze_startup_objects
+from bluegreen.runtime import freeze_startup_objects
 
 
 def test_objects_alive_at_start_up_leave_the_collected_generations() -> None:
