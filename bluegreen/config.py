@@ -134,6 +134,16 @@ class LimitsConfig:
     upstream_queue_per_server: int = 1024
 
 
+DEFAULT_RETRY_STATUSES = (502, 503, 504)
+
+
+@dataclass(frozen=True, slots=True)
+class RetriesConfig:
+    """Answers an idempotent request is sent once more to the other colour for."""
+
+    statuses: tuple[int, ...] = DEFAULT_RETRY_STATUSES
+
+
 @dataclass(frozen=True, slots=True)
 class AccessLogConfig:
     """One JSON line per request, to stdout (``-``) or a file."""
@@ -225,6 +235,7 @@ class Config:
     routing: RoutingConfig = RoutingConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     limits: LimitsConfig = LimitsConfig()
+    retries: RetriesConfig = RetriesConfig()
     access_log: AccessLogConfig = AccessLogConfig()
     state: StateConfig = StateConfig()
     admin: AdminConfig = AdminConfig()
@@ -233,9 +244,10 @@ class Config:
     notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
     rollout: RolloutConfig = RolloutConfig()
-    # Proxy worker processes: 1 serves from the one process; N > 1 (or "auto":
-    # one per usable CPU) runs a control process and N data-plane workers.
-    workers: int | Literal["auto"] = 1
+    # Proxy worker processes: "auto" (one per usable CPU, like nginx's
+    # worker_processes auto) or N. More than one runs a control process and N
+    # data-plane workers; 1 serves everything from the one process.
+    workers: int | Literal["auto"] = "auto"
     source: str | None = None
 
 
@@ -539,6 +551,29 @@ def _parse_limits(s: _Section) -> LimitsConfig:
     return cfg
 
 
+def parse_retry_statuses(value: object, key: str) -> tuple[int, ...]:
+    """A list of 5xx statuses (``[]``: none)."""
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of statuses like [502, 503, 504], got {value!r}")
+    statuses: list[int] = []
+    for i, item in enumerate(value):
+        item_key = f"{key}[{i}]"
+        if isinstance(item, str) and item.strip().isdigit():
+            item = int(item)  # from ${VAR}
+        if isinstance(item, bool) or not isinstance(item, int) or not 500 <= item <= 599:
+            raise ConfigError(item_key, f"expected a status 500..599, got {item!r}")
+        if item in statuses:
+            raise ConfigError(item_key, f"{item} is listed twice")
+        statuses.append(item)
+    return tuple(statuses)
+
+
+def _parse_retries(s: _Section) -> RetriesConfig:
+    cfg = RetriesConfig(statuses=s.get("statuses", parse_retry_statuses, DEFAULT_RETRY_STATUSES))
+    s.finish()
+    return cfg
+
+
 def _parse_access_log(s: _Section) -> AccessLogConfig:
     d = AccessLogConfig()
     cfg = AccessLogConfig(
@@ -737,6 +772,7 @@ def parse_config(data: object, *, source: str | None = None) -> Config:
             routing=_parse_routing(root.section("routing")),
             timeouts=_parse_timeouts(root.section("timeouts")),
             limits=_parse_limits(root.section("limits")),
+            retries=_parse_retries(root.section("retries")),
             access_log=_parse_access_log(root.section("access_log")),
             state=_parse_state(root.section("state")),
             admin=_parse_admin(root.section("admin")),
@@ -745,7 +781,7 @@ def parse_config(data: object, *, source: str | None = None) -> Config:
             notifications=parse_notifications(root.raw("notifications"), root.key("notifications")),
             preflight=parse_preflight(root.raw("preflight"), root.key("preflight")),
             rollout=_parse_rollout(root.section("rollout")),
-            workers=root.get("workers", parse_workers, 1),
+            workers=root.get("workers", parse_workers, "auto"),
             source=source,
         )
         root.finish()

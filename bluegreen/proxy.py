@@ -38,12 +38,29 @@ what a deadline means is decided when it fires, from the connection's state
 (idle keep-alive, slow head -> 408, stalled body -> 408, client not reading
 -> cut).
 
-Retries happen only when no byte of the request can have been processed:
-a connection that could not be opened is retried once on another server of
-the same colour, else on the other colour (routing reason ``retry``); an
-idempotent request on a pooled connection that turned out closed by the
-upstream, with no response byte received, is replayed once on a fresh
-connection (its bytes are kept for that up to 64 KiB).
+Retries (like nginx's ``proxy_next_upstream``) send a request once more,
+with routing reason ``retry``:
+
+* a connection that could not be opened: any method (nothing reached the
+  upstream), on another server of the same colour, else the other colour;
+  counted in the failing colour's ``retries``;
+* an idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) whose
+  connection closed or reset before any response byte: on a fresh
+  connection to the same server first when it was a pooled one (it was
+  probably stale), else on another server of the colour, else the other
+  colour, unless the override pinned the colour; its bytes are kept for this
+  up to 64 KiB (``_REPLAY_LIMIT``), a longer one gets the 502. Counted in
+  ``retries`` too (the stale-connection replay is not);
+* an idempotent request, complete and within that 64 KiB, answered with one
+  of ``retries.statuses`` (502, 503, 504 by default): on the other colour if
+  its weight is above 0, unless the override pinned the colour or it was a
+  retry already. The failed answer is counted in its colour's stats as the
+  5xx it was (health analysis must see it; not also in ``retries``, which
+  the analysis counts as failures too), read and discarded; the client gets
+  the second one.
+
+Non-idempotent requests that reached an upstream are never sent twice, and
+mirrored copies are never retried.
 
 Once a response has started, an upstream failure cuts the client connection
 instead of finishing the response: the client sees a short body or a
@@ -155,7 +172,7 @@ _BODY_PASS: Final = 1  # as read: Content-Length, or close-delimited for HTTP/1.
 _BODY_CHUNK: Final = 2  # re-chunked for an HTTP/1.1 client
 
 _BACKLOG_LIMIT: Final = 64 * 1024  # body bytes held while no upstream connection is ready
-_REPLAY_LIMIT: Final = 64 * 1024  # request bytes kept to replay on a stale pooled connection
+_REPLAY_LIMIT: Final = 64 * 1024  # idempotent request bytes kept to send again (retries)
 _LINGER_TIMEOUT: Final = 5.0  # nginx lingering_timeout
 _MIRROR_MARK: Final = b"X-Bluegreen-Mirror: 1\r\n\r\n"
 _XF_PROTO: Final = b"X-Forwarded-Proto: http\r\n"
@@ -388,30 +405,61 @@ class Exchange:
             self.fail(504, DETAIL_CONNECT_TIMEOUT, error=str(error))
         elif not self.retried:
             # Nothing reached the upstream: safe to retry any method, once.
-            self.retried = True
-            proxy = self.client.proxy
-            assert self.colour is not None  # noqa: S101  # routed before connecting
-            assert self.server is not None  # noqa: S101
-            assert self.stats is not None  # noqa: S101
-            self.stats.retries += 1
-            colour = self.colour
-            server = proxy.sets[colour].other_than(self.server)
-            if server is None:
-                colour = colour.other
-                server = proxy.sets[colour].pick()
-            self.error = str(error)
-            self._route(colour, _RETRY, server)
-            self._acquire(self.client._loop.time(), fresh=False)
+            target = self._next_upstream(pinned=False)
+            assert target is not None  # noqa: S101  # unpinned: the other colour at least
+            self._retry(*target, str(error))
         else:
             self.fail(502, DETAIL_BAD_GATEWAY, error=str(error))
+
+    def _next_upstream(self, *, pinned: bool) -> tuple[Colour, UpstreamServer] | None:
+        """Where a failed attempt goes next: another server of its colour, else the other colour.
+
+        ``pinned``: the override chose the colour; None when it has no other server.
+        """
+        proxy = self.client.proxy
+        colour = self.colour
+        assert colour is not None  # noqa: S101  # routed first
+        assert self.server is not None  # noqa: S101
+        server = proxy.sets[colour].other_than(self.server)
+        if server is not None:
+            return colour, server
+        if pinned:
+            return None
+        colour = colour.other
+        return colour, proxy.sets[colour].pick()
+
+    def _retry(
+        self, colour: Colour, server: UpstreamServer, error: str, *, answered: bool = False
+    ) -> None:
+        """Send the request once more to ``server``.
+
+        The failed attempt counts as a retry of its colour, unless it was
+        ``answered``: then it was counted as the answer it got, and health
+        analysis (which takes a retry for one more failed request) must not
+        count it twice.
+        """
+        assert self.stats is not None  # noqa: S101  # routed first
+        self.retried = True
+        if not answered:
+            self.stats.retries += 1
+        self.error = error
+        replay = self.replay
+        if replay is not None:
+            self.out[0:0] = replay  # what was written, before what was not yet
+            self.replay = None
+            self.replay_size = 0
+        # A lost connection never reports its buffer drained.
+        self.client.resume(_PAUSE_UPSTREAM)
+        self._route(colour, _RETRY, server)
+        self._acquire(self.client._loop.time(), fresh=False)
 
     def attach(self, conn: UpstreamConnection, now: float) -> None:
         """Start using ``conn``: write the head and any body bytes already read."""
         client = self.client
         self.upstream = conn
         conn.begin(self, now)
-        if conn.requests and self.method in IDEMPOTENT_METHODS:
-            self.replay = []  # a pooled connection may be stale: keep bytes to replay
+        if self.method in IDEMPOTENT_METHODS:
+            self.replay = []  # keep what is written, to send it again (retries)
         else:
             self.replay = None
         if client._write_paused:
@@ -501,6 +549,8 @@ class Exchange:
         transfer_encoding: bytes | None,
     ) -> None:
         """Build the client's response head (written with the first body bytes)."""
+        if status >= 500 and self._retry_answer(status):
+            return  # read on and discard: response_done sends the request to the other colour
         client = self.client
         self.status = status
         self.resp_started = True
@@ -568,8 +618,49 @@ class Exchange:
     def response_done(self, now: float) -> None:
         """The response is written; the upstream connection is pooled or closed."""
         self.upstream = None
+        if not self.resp_started:  # a failed answer was read and discarded
+            self._retry_other_colour()
+            return
         self.finish()
         self.client.exchange_done(self, now)
+
+    def _retry_answer(self, status: int) -> bool:
+        """Whether a 5xx answer is one to discard and ask the other colour instead.
+
+        When it is, the answer is counted in its colour's stats now; while it
+        is read and discarded, ``status`` holds it and ``resp_started`` is False.
+        """
+        proxy = self.client.proxy
+        if (
+            status not in proxy.retry_statuses
+            or self.replay is None  # not idempotent, or more than _REPLAY_LIMIT bytes
+            or not self.req_done
+            or self.override is not None
+            or self.reason is _RETRY
+            or self.upgrade
+        ):
+            return False
+        green_bp = proxy.router.green_bp
+        colour = self.colour
+        other_bp = BASIS_POINTS - green_bp if colour is Colour.GREEN else green_bp
+        if other_bp <= 0:
+            return False
+        stats = self.stats
+        assert stats is not None  # noqa: S101  # routed before any answer
+        stats.observe(status, monotonic() - self.t0)
+        self.status = status
+        self.error = f"{colour} answered {status}"
+        return True
+
+    def _retry_other_colour(self) -> None:
+        """Send the request whose answer was discarded to the other colour."""
+        if self.done:
+            return
+        assert self.colour is not None  # noqa: S101  # routed before any answer
+        self.status = 0
+        self.sent = 0
+        colour = self.colour.other
+        self._retry(colour, self.client.proxy.sets[colour].pick(), self.error or "", answered=True)
 
     def upstream_lost(self, conn: UpstreamConnection) -> None:
         """The upstream connection closed, reset or broke before the response ended."""
@@ -579,21 +670,28 @@ class Exchange:
         if self.resp_started:
             self.cut("upstream closed the connection mid-response")
             return
-        if (
-            conn.requests
-            and not conn.got_bytes
-            and self.replay is not None
-            and not self.stale_retried
-        ):
-            # A pooled connection the upstream had closed: nothing was processed.
-            self.stale_retried = True
-            self.out[0:0] = self.replay
-            self.replay = None
-            self.replay_size = 0
-            self.reason = _RETRY
-            self._acquire(self.client._loop.time(), fresh=True)
+        if self.status:  # the connection of a discarded answer: retry all the same
+            self._retry_other_colour()
             return
-        self.fail(502, DETAIL_UPSTREAM_BROKEN, error="upstream closed before responding")
+        error = "upstream closed before responding"
+        replay = self.replay
+        if replay is not None and not conn.got_bytes:
+            if conn.requests and not self.stale_retried:
+                # A pooled connection the upstream had probably closed: again on a fresh one.
+                self.stale_retried = True
+                self.out[0:0] = replay
+                self.replay = None
+                self.replay_size = 0
+                self.reason = _RETRY
+                self._acquire(self.client._loop.time(), fresh=True)
+                return
+            if not self.retried:
+                # Idempotent, and nothing came back: safe to send once more elsewhere.
+                target = self._next_upstream(pinned=self.override is not None)
+                if target is not None:
+                    self._retry(*target, error)
+                    return
+        self.fail(502, DETAIL_UPSTREAM_BROKEN, error=error)
 
     def upstream_timeout(self, conn: UpstreamConnection) -> None:
         """The upstream was silent for timeouts.upstream_read."""
@@ -602,6 +700,8 @@ class Exchange:
             return
         if self.resp_started:
             self.cut("upstream timed out mid-response")
+        elif self.status:  # while a failed answer was discarded
+            self._retry_other_colour()
         else:
             self.fail(504, DETAIL_TIMEOUT, error="upstream read timeout")
 
@@ -1612,6 +1712,7 @@ class ProxyServer:
         # Hot-path settings as plain attributes.
         self.max_header_bytes = limits.max_header_bytes
         self.max_body_bytes = limits.max_body_bytes
+        self.retry_statuses = frozenset(config.retries.statuses)
         self.header_timeout = timeouts.client_header
         self.body_timeout = timeouts.client_body
         self.keepalive_timeout = timeouts.client_keepalive

@@ -13,11 +13,15 @@ Secrets stay out of the file: the admin token comes from
 rollout's migrations) from ``DATABASE_URL``, both in the environment of the
 ``serve`` process.
 
-One choice differs from what a production config would say, on purpose:
+Two choices differ from what a production config would say, on purpose:
 
 * ``health.analysis.p99_floor: 1s``. On a laptop running the load, the
   proxy, both apps and PostgreSQL on a few cores, p99 latency jitters by tens
   of milliseconds; a latency "regression" below a second is noise here.
+* ``retries.statuses`` includes 500. The app's injected failure
+  (``--break``) is a 500 answered before any work, so an idempotent request
+  green fails is safely sent once more to blue; the default list leaves 500
+  out because an application's 500 may come after it did something.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ FAILURE_LIMIT: Final = 2  # failing windows in a row before the fallback
 PROBE_INTERVAL: Final = 0.25
 MIN_REQUESTS: Final = 20  # per window and colour before the error rate is compared
 STEP_WEIGHTS: Final = (10.0, 50.0, 100.0)
+RETRY_STATUSES: Final = (500, 502, 503, 504)  # retries.statuses (see the module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +117,9 @@ def serve_config(settings: DemoServeSettings) -> dict[str, Any]:
         # No sticky key: the load's requests are split exactly by weight.
         "routing": {"green_weight": 0},
         "timeouts": {"connect": "1s", "upstream_read": "10s", "drain": _duration(s.drain)},
+        # The app's injected failures are 500s: an idempotent request green
+        # answers so is sent once more to blue (green's stats still count it).
+        "retries": {"statuses": list(RETRY_STATUSES)},
         "access_log": access_log,
         "health": {
             "probes": {
