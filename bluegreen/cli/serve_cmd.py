@@ -64,8 +64,9 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     parser.add_argument(
         "--workers",
         metavar="N|auto",
-        help="proxy worker processes (workers; default 1): N > 1 or auto (one per usable "
-        "CPU) runs a control process and N data-plane workers sharing the listener",
+        help="proxy worker processes (workers; default auto = one per usable CPU). More "
+        "than one runs a control process (state, admin API, rollouts) and N data-plane "
+        "workers sharing the listener (SO_REUSEPORT); 1 runs everything in one process",
     )
     parser.set_defaults(handler=run)
 

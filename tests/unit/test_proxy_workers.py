@@ -29,8 +29,10 @@ def test_workers_key_refuses_what_is_not_a_count(value: object) -> None:
     assert caught.value.key == "workers"
 
 
-def test_workers_default_is_one_process_and_the_flag_overrides_the_file() -> None:
-    assert Config().workers == 1
+def test_workers_default_is_one_per_cpu_and_the_flag_overrides_the_file() -> None:
+    assert Config().workers == "auto"
+    assert parse_config({}).workers == "auto"
+    assert worker_count(Config()) == usable_cpus()
     assert with_overrides(parse_config({"workers": 3}), workers="2").workers == 2
     assert worker_count(with_overrides(Config(), workers="auto")) == usable_cpus() >= 1
 
