@@ -595,9 +595,9 @@ def build_report(
     notes = [f"expected: {variant.expected_outcome}; {variant.rule}"]
     if variant.action is Action.BREAK and accounting.failed_requests:
         notes.append(
-            f"green's 500s reach clients until the fallback: the proxy retries a request only "
-            f"when it never reached an app ({accounting.total.failed_idempotent} idempotent, "
-            f"{accounting.total.failed_non_idempotent} non-idempotent here)"
+            f"green's 500s to non-idempotent requests reach clients until the fallback; "
+            f"idempotent ones are retried on blue ({accounting.total.failed_idempotent} "
+            f"idempotent, {accounting.total.failed_non_idempotent} non-idempotent failed here)"
         )
     if variant.action is Action.KILL:
         notes.append(

@@ -7,13 +7,15 @@ No I/O, no clock: times are seconds on the load generator's clock
 run                expected outcome  failed requests allowed
 =================  ================  =============================================
 ``bluegreen demo``  ``promoted``     none
-``--break green``  ``rolled_back``   only 5xx answered by green between the moment
-                                     it started failing and the moment its weight
+``--break green``  ``rolled_back``   only non-idempotent requests (POST, PATCH)
+                                     answered 5xx by green between the moment it
+                                     started failing and the moment its weight
                                      was 0 % on every replica (the detection
-                                     window). The proxy retries a request only
-                                     when nothing reached the app; a 500 the app
-                                     answered is the client's answer, so these
-                                     count, idempotent or not, and are reported.
+                                     window). The demo's proxy sends an
+                                     idempotent request green answered 500 once
+                                     more to blue (``retries.statuses``); a POST
+                                     the app answered may have done its work, so
+                                     its 500 is the client's answer.
 ``--kill green``   ``rolled_back``   no idempotent request; a non-idempotent one
                                      (POST, PATCH) only if it was in flight on
                                      green when it died (sent before the kill, or
@@ -74,8 +76,8 @@ class Variant:
                 return "no request may fail"
             case Action.BREAK:
                 return (
-                    f"only 5xx answered by {self.colour} between the moment it started failing "
-                    f"and the moment its weight was 0 % may fail"
+                    f"only non-idempotent requests answered 5xx by {self.colour} between the "
+                    f"moment it started failing and the moment its weight was 0 % may fail"
                 )
             case Action.KILL:
                 return (
@@ -100,7 +102,8 @@ def allowed(record: RequestRecord, variant: Variant, window: FailureWindow) -> b
     match variant.action:
         case Action.BREAK:
             return (
-                record.colour == variant.colour
+                not record.idempotent
+                and record.colour == variant.colour
                 and record.status is not None
                 and end >= window.struck_at
                 and (window.zero_at is None or record.start <= window.zero_at)

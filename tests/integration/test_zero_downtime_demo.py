@@ -91,8 +91,10 @@ async def test_green_breaking_at_50_percent_falls_back_automatically(pg_dsn: str
     bound = (FAILURE_LIMIT + 1) * ANALYSIS_INTERVAL + PROBE_INTERVAL + 1.5
     assert 0 < report["detection_seconds"] <= report["fallback_seconds"] < bound, report
     assert report["rollout"]["failure"]["code"] in ("error_rate_above_baseline", "error_rate")
-    # The break was real: green's 500s reached clients until the fallback, and nothing else.
+    # The break was real: green's 500s to POST/PATCH reached clients until the fallback,
+    # and nothing else; every idempotent request green failed was answered by blue.
     assert report["failed_requests"] > 0
+    assert report["failed_idempotent"] == 0, report["phases"]
     assert report["failed_requests"] == report["allowed_failures"]
     assert report["ok"] is True
     assert code == 0

@@ -74,19 +74,21 @@ def test_failure_variants_must_roll_back(variant: Variant) -> None:
 @pytest.mark.parametrize(
     ("record", "expected"),
     [
-        (rec(10.5), True),
+        (rec(10.5), False),  # idempotent: the proxy asked blue instead
         (rec(10.5, method="POST"), True),
-        (rec(9.99, latency=0.02), True),  # sent before, answered by a failing green
-        (rec(11.0), True),  # routed at the last moment green still had weight
-        (rec(9.5), False),  # answered before green started failing
-        (rec(11.2), False),  # after the fallback: green had no weight any more
-        (rec(10.5, colour="blue"), False),
-        (rec(10.5, status=None), False),  # no answer is not an injected 500
-        (rec(10.5, status=200), False),  # not a failure at all
+        (rec(10.5, method="PATCH"), True),
+        (rec(9.99, method="POST", latency=0.02), True),  # sent before, answered by failing green
+        (rec(11.0, method="POST"), True),  # routed at the last moment green still had weight
+        (rec(9.5, method="POST"), False),  # answered before green started failing
+        (rec(11.2, method="POST"), False),  # after the fallback: green had no weight any more
+        (rec(10.5, method="POST", colour="blue"), False),
+        (rec(10.5, method="POST", status=None), False),  # no answer is not an injected 500
+        (rec(10.5, method="POST", status=200), False),  # not a failure at all
     ],
     ids=[
         "get-in-window",
         "post-in-window",
+        "patch-in-window",
         "in-flight-at-break",
         "at-zero",
         "before",
@@ -96,7 +98,7 @@ def test_failure_variants_must_roll_back(variant: Variant) -> None:
         "success",
     ],
 )
-def test_break_allows_only_greens_5xx_in_the_detection_window(
+def test_break_allows_only_greens_5xx_to_non_idempotent_requests_in_the_window(
     record: RequestRecord, expected: bool
 ) -> None:
     assert allowed(record, BREAK, WINDOW) is expected
@@ -122,11 +124,17 @@ def test_kill_allows_only_non_idempotent_requests_in_flight_at_the_kill(
 
 
 def test_nothing_is_allowed_before_the_variant_struck() -> None:
-    assert allowed_failures([rec(10.5)], BREAK, FailureWindow()) == 0
+    assert allowed_failures([rec(10.5, method="POST")], BREAK, FailureWindow()) == 0
 
 
 def test_allowed_failures_counts_failed_records_only() -> None:
-    records = [rec(10.5), rec(10.6, status=200), rec(10.7, colour="blue"), rec(10.8)]
+    records = [
+        rec(10.5, method="POST"),
+        rec(10.6, method="POST", status=200),
+        rec(10.7, method="POST", colour="blue"),
+        rec(10.8, method="PATCH"),
+        rec(10.9),  # a GET green failed: not allowed
+    ]
     assert allowed_failures(records, BREAK, WINDOW) == 2
 
 
