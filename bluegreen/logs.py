@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import queue
+import select
 import sys
 import threading
 import time
@@ -56,10 +57,16 @@ class ThreadedWriter:
 
     :meth:`write` never blocks: when ``max_batches`` are already waiting, the
     batch is dropped and its line count added to :attr:`dropped`.
+
+    ``shared``: other processes write to the same stream (serve's workers).
+    Batches then go out in writes of whole lines of at most ``PIPE_BUF``
+    bytes, which a pipe never interleaves with another writer's; a longer
+    batch in one write could be split around another worker's lines.
     """
 
-    def __init__(self, stream: IO[bytes], *, max_batches: int = 64) -> None:
+    def __init__(self, stream: IO[bytes], *, max_batches: int = 64, shared: bool = False) -> None:
         self._stream = stream
+        self._chunk = select.PIPE_BUF if shared else 0
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_batches)
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="bluegreen-access-log", daemon=True)
@@ -86,10 +93,32 @@ class ThreadedWriter:
             if batch is None:
                 return
             try:
-                self._stream.write(batch)
-                self._stream.flush()
+                for piece in line_chunks(batch, self._chunk) if self._chunk else (batch,):
+                    self._stream.write(piece)
+                    self._stream.flush()
             except (OSError, ValueError):
                 self.dropped += batch.count(b"\n")
+
+
+def line_chunks(batch: bytes, limit: int) -> list[bytes]:
+    """``batch`` cut at line ends into pieces of at most ``limit`` bytes (a longer line alone)."""
+    pieces = []
+    start = 0
+    end = len(batch)
+    while start < end:
+        stop = start + limit
+        if stop >= end:
+            pieces.append(batch[start:])
+            break
+        cut = batch.rfind(b"\n", start, stop)
+        if cut < 0:  # one line longer than the limit: it goes whole
+            cut = batch.find(b"\n", stop)
+            if cut < 0:
+                pieces.append(batch[start:])
+                break
+        pieces.append(batch[start : cut + 1])
+        start = cut + 1
+    return pieces
 
 
 class _Clock:

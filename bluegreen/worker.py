@@ -245,7 +245,7 @@ async def _run(channel: socket.socket) -> int:
         path = config.access_log.path
         # Opened once before serving, as serve does; closed below.
         stream = sys.stdout.buffer if path == "-" else open(path, "ab")  # noqa: SIM115, ASYNC230
-        access_writer = ThreadedWriter(stream)
+        access_writer = ThreadedWriter(stream, shared=True)  # N workers, one stream
     access_log = AccessLog(access_writer.write, loop=loop) if access_writer is not None else None
     try:
         from bluegreen.config import Address
