@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from tests.integration.rawhttp import RawClient, get
+from tests.integration.replica_procs import ServeReplica
 from tests.integration.upstreams import Upstream, start_upstream
 
 MB = 1024 * 1024
@@ -184,15 +185,42 @@ async def test_config_errors_exit_2_naming_the_key(
     assert expected in err.decode()
 
 
-async def test_address_in_use_exits_2(served: ServeProcess) -> None:
+async def second_serve_on(port: int, *workers: str) -> tuple[int | None, str]:
+    """Start another ``serve`` on ``port``: (exit code, stderr); killed if still running."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bluegreen", "serve", "--listen", f"127.0.0.1:{served.port}",
-        "--blue", "127.0.0.1:1", "--green", "127.0.0.1:2", *control_args(0),
+        sys.executable, "-m", "bluegreen", "serve", "--listen", f"127.0.0.1:{port}",
+        "--blue", "127.0.0.1:1", "--green", "127.0.0.1:2", *control_args(0), *workers,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    _, err = await asyncio.wait_for(proc.communicate(), 20)
-    assert proc.returncode == 2
-    assert "listeners.proxy: cannot listen" in err.decode()
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:  # it is serving on the same port: the bug under test
+            proc.kill()
+            await proc.wait()
+            err = b""
+    return proc.returncode, err.decode()
+
+
+@pytest.mark.parametrize("workers", [["--workers", "1"], ["--workers", "2"]], ids=["one", "two"])
+async def test_address_in_use_exits_2(served: ServeProcess, workers: list[str]) -> None:
+    code, err = await second_serve_on(served.port, *workers)
+    assert code == 2
+    assert "listeners.proxy: cannot listen" in err
+
+
+async def test_a_port_held_by_workers_is_not_shared_with_a_second_serve(tmp_path: Path) -> None:
+    # Workers listen with SO_REUSEPORT; a second serve must still find the port taken.
+    first = await ServeReplica.start(
+        f"file:{tmp_path / 'state.json'}", "127.0.0.1:1", "127.0.0.1:2", "--workers", "2"
+    )
+    try:
+        for workers in (["--workers", "1"], ["--workers", "2"]):
+            code, err = await second_serve_on(first.port, *workers)
+            assert code == 2, workers
+            assert "listeners.proxy: cannot listen" in err
+    finally:
+        await first.stop(within=30)
 
 
 async def test_served_process_uses_uvloop(served: ServeProcess) -> None:
