@@ -513,14 +513,17 @@ class ControlPlane:
     def replica_for(self, listen: str) -> Replica:
         """The replica (created on first call); attach it to the proxy with :meth:`start`."""
         if self.replica is None:
-            replica_id = self.settings.replica_id or f"{socket.gethostname()}:{listen}"
             self.replica = Replica(
                 self.store,
-                _safe_replica_id(replica_id),
+                self.replica_id_for(listen),
                 heartbeat_interval=self.settings.heartbeat_interval,
                 listen=listen,
             )
         return self.replica
+
+    def replica_id_for(self, listen: str) -> str:
+        """The configured replica id, else ``<hostname>:<proxy address>``, made valid."""
+        return _safe_replica_id(self.settings.replica_id or f"{socket.gethostname()}:{listen}")
 
     def header_hook(self, key: bytes | None, colour: Colour) -> bytes:
         """The flags request-header hook, to give the proxy before the replica exists."""
@@ -580,19 +583,48 @@ class ControlPlane:
         replica.attach(proxy)
         await self._start_health(proxy)
         proxy.metrics.register(ControlPlaneCollector(replica, self.upstream_health))
-        registries = [proxy.registry]
+        admin = await self.serve_admin(
+            registry=proxy.registry,
+            stats=proxy.stats_snapshot,
+            serving=lambda: not proxy.draining,
+            replica_id=replica.id,
+            extra_routes=extra_routes,
+            extra_schemas=extra_schemas,
+            replica=replica.id,
+            version=replica.applied_version,
+        )
+        replica.extra["admin"] = admin.url
+        replica.start_heartbeats()
+        return admin
+
+    async def serve_admin(
+        self,
+        *,
+        registry: CollectorRegistry,
+        stats: Callable[[], StatsSnapshot],
+        serving: Callable[[], bool],
+        replica_id: str,
+        extra_routes: Sequence[Route] = (),
+        extra_schemas: Mapping[str, Mapping[str, Any]] | None = None,
+        **log_fields: Any,
+    ) -> AdminServer:
+        """Serve the admin API over these numbers (one proxy's, or the sum of serve's workers).
+
+        ``log_fields`` go into the ``admin_listening`` line.
+        """
+        registries = [registry]
         migrations = migration_registry()
         if migrations is not None:
             registries.append(migrations)
         ctx = AdminContext(
             store=self.store,
-            actor=f"admin@{replica.id}",
+            actor=f"admin@{replica_id}",
             settings=self.settings.admin,
             registries=registries,
-            stats=proxy.stats_snapshot,
+            stats=stats,
             upstreams=self.upstream_health,
-            serving=lambda: not proxy.draining,
-            replica_id=replica.id,
+            serving=serving,
+            replica_id=replica_id,
         )
         app = create_app(ctx, extra_routes=extra_routes, extra_schemas=extra_schemas)
         try:
@@ -603,16 +635,13 @@ class ControlPlane:
                 f"cannot listen on {self.settings.admin_host}:{self.settings.admin_port}: "
                 f"{exc.strerror or exc}; pick a free address or stop what is using it",
             ) from None
-        replica.extra["admin"] = self.admin.url
-        replica.start_heartbeats()
         log.info(
             "admin_listening",
             address=f"{self.admin.host}:{self.admin.port}",
             url=self.admin.url,
             auth="bearer" if self.settings.admin.token else "none",
             store=self.store.location,
-            replica=replica.id,
-            version=replica.applied_version,
+            **log_fields,
         )
         if not self.settings.admin.token:
             log.warning(

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
-from bluegreen.admin import AdminContext, AdminServer, create_app, start_admin
+from bluegreen.admin import AdminServer
 from bluegreen.config import Config
 from bluegreen.errors import ConfigError
 from bluegreen.metrics import ColourSnapshot, ColourStats, PoolGauge, ProxyMetrics, StatsSnapshot
@@ -57,7 +57,6 @@ from bluegreen.replica import (
     ControlPlaneCollector,
     Replica,
     _safe_replica_id,
-    migration_registry,
 )
 from bluegreen.routing import Colour
 from bluegreen.runtime import freeze_startup_objects
@@ -624,48 +623,24 @@ async def start_control(
     extra_schemas: Any = None,
 ) -> AdminServer:
     """:meth:`ControlPlane.start` for workers: N replicas, one admin API over their sum."""
-    settings = plane.settings
-    listen = f"{pool.host}:{pool.port}"
-    base_id = _safe_replica_id(settings.replica_id or f"{socket.gethostname()}:{listen}")
+    base_id = plane.replica_id_for(f"{pool.host}:{pool.port}")
     pool.make_replicas(base_id)
     await pool.start()
     await plane._start_health(pool)  # type: ignore[arg-type]  # reads .config only
     lowest = _LowestApplied(lambda: pool.replicas)
     pool.metrics.register(ControlPlaneCollector(lowest, plane.upstream_health))  # type: ignore[arg-type]  # reads .applied and .applied_version
-    registries = [pool.registry]
-    migrations = migration_registry()
-    if migrations is not None:
-        registries.append(migrations)
-    ctx = AdminContext(
-        store=plane.store,
-        actor=f"admin@{base_id}",
-        settings=settings.admin,
-        registries=registries,
+    admin = await plane.serve_admin(
+        registry=pool.registry,
         stats=pool.stats_snapshot,
-        upstreams=plane.upstream_health,
         serving=lambda: not pool.draining,
         replica_id=base_id,
-    )
-    app = create_app(ctx, extra_routes=extra_routes, extra_schemas=extra_schemas)
-    try:
-        plane.admin = await start_admin(app, settings.admin_host, settings.admin_port)
-    except OSError as exc:
-        raise ConfigError(
-            settings.admin_key,
-            f"cannot listen on {settings.admin_host}:{settings.admin_port}: "
-            f"{exc.strerror or exc}; pick a free address or stop what is using it",
-        ) from None
-    for replica in pool.replicas:
-        replica.extra["admin"] = plane.admin.url
-    log.info(
-        "admin_listening",
-        address=f"{plane.admin.host}:{plane.admin.port}",
-        url=plane.admin.url,
-        auth="bearer" if settings.admin.token else "none",
-        store=plane.store.location,
+        extra_routes=extra_routes,
+        extra_schemas=extra_schemas,
         replicas=[r.id for r in pool.replicas],
     )
-    return plane.admin
+    for replica in pool.replicas:
+        replica.extra["admin"] = admin.url
+    return admin
 
 
 async def serve_workers(config: Config, plane: ControlPlane, count: int, cut: CutAfterDrain) -> int:
