@@ -558,13 +558,13 @@ def parse_retry_statuses(value: object, key: str) -> tuple[int, ...]:
     statuses: list[int] = []
     for i, item in enumerate(value):
         item_key = f"{key}[{i}]"
-        if isinstance(item, str) and item.strip().isdigit():
-            item = int(item)  # from ${VAR}
-        if isinstance(item, bool) or not isinstance(item, int) or not 500 <= item <= 599:
-            raise ConfigError(item_key, f"expected a status 500..599, got {item!r}")
-        if item in statuses:
-            raise ConfigError(item_key, f"{item} is listed twice")
-        statuses.append(item)
+        try:
+            status = parse_int(item, item_key, minimum=500, maximum=599)
+        except ConfigError:
+            raise ConfigError(item_key, f"expected a status 500..599, got {item!r}") from None
+        if status in statuses:
+            raise ConfigError(item_key, f"{status} is listed twice")
+        statuses.append(status)
     return tuple(statuses)
 
 
