@@ -640,10 +640,9 @@ class Exchange:
             or self.upgrade
         ):
             return False
-        green_bp = proxy.router.green_bp
         colour = self.colour
-        other_bp = BASIS_POINTS - green_bp if colour is Colour.GREEN else green_bp
-        if other_bp <= 0:
+        assert colour is not None  # noqa: S101  # routed before any answer
+        if proxy.router.weight_bp(colour.other) <= 0:
             return False
         stats = self.stats
         assert stats is not None  # noqa: S101  # routed before any answer

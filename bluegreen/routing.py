@@ -144,6 +144,10 @@ class Router:
         if mirror_bp is not None:
             self.mirror_bp = mirror_bp
 
+    def weight_bp(self, colour: Colour) -> int:
+        """The traffic share of ``colour`` in basis points (blue gets what green does not)."""
+        return self.green_bp if colour is _GREEN else BASIS_POINTS - self.green_bp
+
     def choose(
         self, sticky_key: bytes | None = None, override: Colour | None = None
     ) -> tuple[Colour, Reason]:

@@ -193,3 +193,11 @@ def test_routing_is_pure() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+def test_router_weight_of_each_colour_adds_up_to_everything() -> None:
+    router = Router(green_bp=2_500)
+    assert router.weight_bp(Colour.GREEN) == 2_500
+    assert router.weight_bp(Colour.BLUE) == 7_500
+    router.set_weights(BASIS_POINTS)
+    assert router.weight_bp(Colour.BLUE) == 0
