@@ -119,6 +119,20 @@ def _fixed_rate(text: str) -> str | float:
     return value
 
 
+def _fractions(text: str) -> list[float]:
+    """``--sweep``: comma-separated fractions in (0, 1], returned ascending without repeats."""
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(
+            "expected comma-separated fractions of nginx's 1k peak, each greater than 0 "
+            f"and at most 1 (e.g. 0.2,0.3,0.4,0.5); got {text!r}"
+        )
+    return sorted(set(values))
+
+
 def _buffers(text: str) -> int | None:
     if text == "stock":
         return None
@@ -199,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
         "peak in this run (default)",
     )
     p.add_argument(
+        "--sweep",
+        type=_fractions,
+        default=[],
+        metavar="F1,F2,...",
+        help="also run the fixed-rate measurement at these fractions of nginx's 1k peak "
+        "in this run (each 0 < F <= 1) and summarise latency vs load; needs nginx, "
+        "the 1k payload and --fixed-rate not off",
+    )
+    p.add_argument(
         "--idle-connections",
         type=int,
         default=1000,
@@ -234,6 +257,76 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the temporary directory (configs and logs) and print its path",
     )
     return p
+
+
+def sweep_conflict(args: argparse.Namespace) -> str | None:
+    """Why ``--sweep`` cannot run with the other options, or None when it can."""
+    if not args.sweep:
+        return None
+    if args.fixed_rate == "off":
+        return "--sweep needs the fixed-rate runs, but --fixed-rate is off; drop one of the two"
+    if "1k" not in args.only:
+        return "--sweep measures the 1k payload; add 1k to --only"
+    if REFERENCE not in args.targets:
+        return "--sweep rates are fractions of nginx's 1k peak; add nginx to --targets"
+    return None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and cross-check the options; usage errors exit 2 with argparse's message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = sweep_conflict(args)
+    if problem:
+        parser.error(problem)
+    return args
+
+
+def fixed_rate_plan(
+    fixed_rate: str | float,
+    sweep: Sequence[float],
+    peak: float | None,
+    connections: int,
+) -> tuple[list[float], str]:
+    """The fixed-rate phase's offered rates (ascending, no repeats) and the line explaining them.
+
+    ``peak`` is nginx's 1k requests/s measured in this run (None if it was not).
+    Without ``sweep`` this is the single ``--fixed-rate`` run; with it, each
+    fraction of ``peak`` is one more rate, the single rate included.
+    """
+    if fixed_rate == "off":
+        return [], ""
+    if peak is not None and peak <= 0:
+        peak = None  # nginx answered nothing: there is no peak to take a fraction of
+    if fixed_rate != "auto":
+        single = float(fixed_rate)
+        note = f"  1k at {single:,.0f} req/s, {connections} connections"
+    elif peak is None:
+        if sweep:
+            return [], (
+                "  skipped: --fixed-rate auto and --sweep need nginx's 1k peak from this run, "
+                "which was not measured; give a rate"
+            )
+        return [], "  skipped: --fixed-rate auto needs nginx's 1k peak; give a rate"
+    else:
+        single = float(round(peak / 2))
+        note = (
+            f"  1k at {single:,.0f} req/s = half of nginx's peak in this run, "
+            f"{connections} connections"
+        )
+    if not sweep:
+        return [single], note
+    if peak is None:
+        return [single], note + (
+            "; --sweep skipped: it needs nginx's 1k peak from this run, which was not measured"
+        )
+    rates = sorted({single, *(max(1.0, float(round(peak * f))) for f in sweep)})
+    listed = ", ".join(f"{rate:,.0f}" for rate in rates)
+    fractions = ", ".join(f"{rate / peak:.2f}" for rate in rates)
+    return rates, (
+        f"  1k at {listed} req/s = {fractions} of nginx's peak ({peak:,.0f} req/s) "
+        f"in this run, {connections} connections"
+    )
 
 
 # --------------------------------------------------------------------------- environment
@@ -624,43 +717,43 @@ def fixed_rate_phase(
     args: argparse.Namespace,
     failures: list[str],
 ) -> tuple[str, list[FixedRate]]:
-    """Open-loop runs at the chosen rate; returns a one-line explanation and the best runs."""
+    """Open-loop runs at the chosen rates; returns a one-line explanation and the best runs.
+
+    Rates run one after another, ascending; at each rate ``--repeat`` rounds
+    interleave the targets, and the best run per target and rate is kept.
+    """
     if args.fixed_rate == "off":
         return "", []
     if "1k" not in args.only:
         return "  skipped: the fixed-rate runs use the 1k payload (add it to --only)", []
-    if args.fixed_rate == "auto":
-        peak = next(
-            (t.wrk.rps for t in throughput if t.target == REFERENCE and t.payload == "1k"), None
-        )
-        if peak is None:
-            return "  skipped: --fixed-rate auto needs nginx's 1k peak; give a rate", []
-        rate = float(round(peak / 2))
-        note = (
-            f"  1k at {rate:,.0f} req/s = half of nginx's peak in this run, "
-            f"{args.connections} connections"
-        )
-    else:
-        rate = float(args.fixed_rate)
-        note = f"  1k at {rate:,.0f} req/s, {args.connections} connections"
+    peak = next(
+        (t.wrk.rps for t in throughput if t.target == REFERENCE and t.payload == "1k"), None
+    )
+    rates, note = fixed_rate_plan(args.fixed_rate, args.sweep, peak, args.connections)
+    if not rates:
+        return note, []
     binary = pacer.build(tmp, sup)
+    samples = tmp / "samples.bin"
     runs = []
-    for round_no in range(args.repeat):
-        for target in targets:
-            try:
-                f = measure_fixed_rate(
-                    sup, binary, target, upstream_pid, rate, placement, args, tmp / "samples.bin"
+    for rate in rates:
+        phase = f"fixed rate {rate:,.0f}/s" if len(rates) > 1 else "fixed rate"
+        for round_no in range(args.repeat):
+            for target in targets:
+                try:
+                    f = measure_fixed_rate(
+                        sup, binary, target, upstream_pid, rate, placement, args, samples
+                    )
+                except (RuntimeError, ValueError, TimeoutError) as exc:
+                    failures.append(f"{target.name} {phase}: {exc}")
+                    log(f"bench: {target.name} {phase}: {exc}")
+                    continue
+                runs.append(f)
+                p99 = f.result.latency.get("p99", float("nan"))
+                log(
+                    f"bench: [{round_no + 1}/{args.repeat}] fixed {rate:,.0f}/s "
+                    f"{target.name:<9} achieved {f.result.achieved_rate:,.0f}/s  "
+                    f"p99 {p99 * 1e3:.2f} ms"
                 )
-            except (RuntimeError, ValueError, TimeoutError) as exc:
-                failures.append(f"{target.name} fixed rate: {exc}")
-                log(f"bench: {target.name} fixed rate: {exc}")
-                continue
-            runs.append(f)
-            p99 = f.result.latency.get("p99", float("nan"))
-            log(
-                f"bench: [{round_no + 1}/{args.repeat}] fixed {rate:,.0f}/s {target.name:<9} "
-                f"achieved {f.result.achieved_rate:,.0f}/s  p99 {p99 * 1e3:.2f} ms"
-            )
     return note, best_fixed_rate(runs)
 
 
@@ -712,15 +805,18 @@ def _interruptible(budget_s: float) -> Iterator[None]:
 
 
 def _budget(args: argparse.Namespace) -> float:
+    """Seconds the whole run may take: a margin plus a generous bound per measured run."""
     per_run = float(args.warmup + args.duration + 30)
     throughput_runs: int = args.repeat * len(args.only) * len(args.targets)
-    fixed_runs: int = 0 if args.fixed_rate == "off" else args.repeat * len(args.targets)
+    # At most one rate per sweep fraction plus the single --fixed-rate (fewer if equal).
+    rates = 0 if args.fixed_rate == "off" else 1 + len(args.sweep)
+    fixed_runs: int = rates * args.repeat * len(args.targets)
     return 300.0 + per_run * (throughput_runs + fixed_runs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 on success, 1 if a target failed, 2 on usage errors."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.duration is None:
         args.duration = 3.0 if args.quick else 10.0
     if args.warmup is None:

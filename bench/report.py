@@ -6,7 +6,7 @@ Nothing here measures anything; bench/proxy.py fills these values in.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bench.stats import RateResult
@@ -14,6 +14,10 @@ from bench.wrk import WrkResult, describe_errors
 
 TARGETS = ("direct", "nginx", "bluegreen")
 REFERENCE = "nginx"
+# The proxies compared in the latency-vs-load summary, reference first.
+PROXIES = ("nginx", "bluegreen")
+# Issue 8: the p99 latency a proxy may add over direct at a given rate.
+P99_ADDED_BUDGET_S = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,36 @@ class FixedRate:
             return None
         return self.proxy_cpu_s / self.result.completed_total * 1e6
 
+    @property
+    def rate(self) -> float:
+        """The offered rate, requests per second."""
+        return self.result.target_rate
+
+    @property
+    def busy(self) -> float | None:
+        """The proxy's CPU as a fraction of one core: CPU per request times achieved rate."""
+        cpu = self.cpu_us_per_request
+        return None if cpu is None else cpu * self.result.achieved_rate / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPoint:
+    """One offered rate of the latency-vs-load summary."""
+
+    rate: float
+    fraction: float | None  # of nginx's 1k peak in the same run
+    # p99 added over direct per proxy measured at this rate (None: no direct run).
+    added: Mapping[str, float | None]
+    invalid: tuple[str, ...]  # targets whose run at this rate is not valid
+    bluegreen_busy: float | None
+
+    def within_budget(self, proxy: str) -> bool:
+        """The proxy's p99 added is at most the budget, and both its run and direct's are valid."""
+        added = self.added.get(proxy)
+        if added is None or math.isnan(added):
+            return False
+        return added <= P99_ADDED_BUDGET_S and not {proxy, "direct"} & set(self.invalid)
+
 
 @dataclass(frozen=True, slots=True)
 class IdleMemory:
@@ -123,15 +157,18 @@ def best_throughput(runs: Iterable[Throughput]) -> list[Throughput]:
 
 
 def best_fixed_rate(runs: Iterable[FixedRate]) -> list[FixedRate]:
-    """Per (payload, target), the valid run with the lowest p99 (any run if none is valid)."""
-    groups: dict[tuple[str, str], list[FixedRate]] = {}
+    """Per (payload, target, rate), the valid run with the lowest p99 (any run if none is valid).
+
+    Ordered by payload, then rate, then target.
+    """
+    groups: dict[tuple[str, str, float], list[FixedRate]] = {}
     for run in runs:
-        groups.setdefault((run.payload, run.target), []).append(run)
+        groups.setdefault((run.payload, run.target, run.rate), []).append(run)
     best = []
     for group in groups.values():
         valid = [r for r in group if not r.result.problems] or group
         best.append(min(valid, key=lambda r: _nan_last(r.result.latency.get("p99", math.nan))))
-    return sorted(best, key=_order)
+    return sorted(best, key=_fixed_order)
 
 
 def _nan_last(value: float) -> float:
@@ -142,6 +179,11 @@ def _order(run: Throughput | FixedRate) -> tuple[int, int]:
     payload_rank = 0 if run.payload == "1k" else 1
     target_rank = TARGETS.index(run.target) if run.target in TARGETS else len(TARGETS)
     return payload_rank, target_rank
+
+
+def _fixed_order(run: FixedRate) -> tuple[int, float, int]:
+    payload_rank, target_rank = _order(run)
+    return payload_rank, run.rate, target_rank
 
 
 def ratio(value: float | None, reference: float | None) -> float | None:
@@ -160,6 +202,71 @@ def _reference(runs: Sequence[Throughput], payload: str) -> Throughput | None:
     return None
 
 
+def p99_added(run: FixedRate, runs: Sequence[FixedRate]) -> float | None:
+    """``run``'s p99 minus direct's at the same payload and rate; None for direct or without it."""
+    if run.target == "direct":
+        return None
+    base = next(
+        (
+            r
+            for r in runs
+            if r.target == "direct" and r.payload == run.payload and r.rate == run.rate
+        ),
+        None,
+    )
+    if base is None:
+        return None
+    return run.result.latency.get("p99", math.nan) - base.result.latency.get("p99", math.nan)
+
+
+# --------------------------------------------------------------------------- latency vs load
+
+
+def offered_rates(runs: Iterable[FixedRate]) -> list[float]:
+    """The distinct offered rates, ascending."""
+    return sorted({run.rate for run in runs})
+
+
+def load_points(runs: Sequence[FixedRate], peak: float | None) -> list[LoadPoint]:
+    """One summary point per offered rate; ``peak`` is nginx's 1k requests/s in the run."""
+    points = []
+    for rate in offered_rates(runs):
+        at_rate = [r for r in runs if r.rate == rate]
+        by_target = {r.target: r for r in at_rate}
+        bluegreen = by_target.get("bluegreen")
+        points.append(
+            LoadPoint(
+                rate=rate,
+                fraction=ratio(rate, peak),
+                added={p: p99_added(by_target[p], at_rate) for p in PROXIES if p in by_target},
+                invalid=tuple(r.target for r in at_rate if r.result.problems),
+                bluegreen_busy=bluegreen.busy if bluegreen else None,
+            )
+        )
+    return points
+
+
+def highest_within_budget(points: Sequence[LoadPoint], proxy: str) -> LoadPoint | None:
+    """The highest rate up to which ``proxy`` stayed within the budget at every rate measured.
+
+    The first rate that misses the budget (or whose run is not valid) caps the
+    figure: a pass at a higher rate after a miss is luck, not capacity.
+    """
+    best = None
+    for point in sorted(points, key=lambda p: p.rate):
+        if not point.within_budget(proxy):
+            break
+        best = point
+    return best
+
+
+def capacity_ratio(points: Sequence[LoadPoint]) -> float | None:
+    """Latency-bound capacity: bluegreen's highest rate within budget over nginx's."""
+    nginx = highest_within_budget(points, REFERENCE)
+    bluegreen = highest_within_budget(points, "bluegreen")
+    return ratio(bluegreen.rate if bluegreen else None, nginx.rate if nginx else None)
+
+
 # --------------------------------------------------------------------------- formatting
 
 
@@ -174,9 +281,10 @@ def fmt_time(seconds: float | None) -> str:
         return "-"
     if seconds < 0:
         return "-" + fmt_time(-seconds)
-    if seconds < 1e-3:
+    # Compare after rounding so that 0.9999 ms reads "1.00 ms", not "1000 µs".
+    if round(seconds * 1e6) < 1000:
         return f"{seconds * 1e6:.0f} µs"
-    if seconds < 1.0:
+    if round(seconds * 1e3, 2) < 1000:
         return f"{seconds * 1e3:.2f} ms"
     return f"{seconds:.2f} s"
 
@@ -269,15 +377,11 @@ THROUGHPUT_HEADERS = (
 
 
 def fixed_rate_rows(runs: Sequence[FixedRate]) -> list[list[str]]:
-    """Rows of the fixed-rate table; "p99 added" is the p99 minus direct's p99."""
-    direct = {r.payload: r for r in runs if r.target == "direct"}
+    """Rows of the fixed-rate table; "p99 added" is the p99 minus direct's at the same rate."""
     rows = []
     for run in runs:
         res = run.result
-        base = direct.get(run.payload)
-        added = None
-        if base is not None and run.target != "direct":
-            added = res.latency.get("p99", math.nan) - base.result.latency.get("p99", math.nan)
+        added = p99_added(run, runs)
         rows.append(
             [
                 run.payload,
@@ -315,6 +419,53 @@ FIXED_RATE_HEADERS = (
     "other load",
     "valid",
 )
+
+
+def load_rows(points: Sequence[LoadPoint]) -> list[list[str]]:
+    """Rows of the latency-vs-load table."""
+    rows = []
+    for point in points:
+        rows.append(
+            [
+                fmt_rate(point.rate),
+                "-" if point.fraction is None else f"{point.fraction:.2f}",
+                *(fmt_time(point.added.get(proxy)) for proxy in PROXIES),
+                fmt_percent(point.bluegreen_busy),
+                "NO: " + ", ".join(point.invalid) if point.invalid else "yes",
+            ]
+        )
+    return rows
+
+
+LOAD_HEADERS = (
+    "offered/s",
+    "of nginx's peak",
+    "nginx p99 added",
+    "bluegreen p99 added",
+    "bluegreen core busy",
+    "valid",
+)
+
+
+def _capacity_text(points: Sequence[LoadPoint], proxy: str) -> str:
+    if not any(proxy in p.added for p in points):
+        return f"{proxy} not measured"
+    best = highest_within_budget(points, proxy)
+    if best is None:
+        return f"{proxy} never met it"
+    fraction = "" if best.fraction is None else f" ({best.fraction:.2f} of nginx's peak)"
+    top = " (the highest rate measured: at least this)" if best.rate == points[-1].rate else ""
+    return f"{proxy} {fmt_rate(best.rate)}/s{fraction}{top}"
+
+
+def capacity_line(points: Sequence[LoadPoint]) -> str:
+    """Each proxy's highest rate within the p99-added budget, and bluegreen's over nginx's."""
+    found = "; ".join(_capacity_text(points, proxy) for proxy in PROXIES)
+    return (
+        f"  latency-bound capacity (highest rate up to which every rate measured had "
+        f"p99 added ≤ {fmt_time(P99_ADDED_BUDGET_S)} in valid runs): {found}; "
+        f"bluegreen/nginx {fmt_ratio(capacity_ratio(points))}"
+    )
 
 
 def memory_rows(runs: Sequence[IdleMemory]) -> list[list[str]]:
@@ -363,8 +514,16 @@ def render(report: Report) -> str:
             out.append(report.fixed_rate_note)
         if report.fixed_rate:
             out += render_table(FIXED_RATE_HEADERS, fixed_rate_rows(report.fixed_rate))
+            several = len(offered_rates(report.fixed_rate)) > 1
             for run in report.fixed_rate:
-                out += [f"  {run.target}: not valid: {p}" for p in run.result.problems]
+                who = f"{run.target} at {fmt_rate(run.rate)}/s" if several else run.target
+                out += [f"  {who}: not valid: {p}" for p in run.result.problems]
+    points = _latency_vs_load(report)
+    if points:
+        budget = fmt_time(P99_ADDED_BUDGET_S)
+        out += ["", f"Latency vs load: p99 added over direct at each rate (budget {budget})"]
+        out += render_table(LOAD_HEADERS, load_rows(points))
+        out.append(capacity_line(points))
     if report.memory:
         conns = report.memory[0].connections
         out += ["", f"Memory: {conns} idle keep-alive client connections (VmRSS, summed)"]
@@ -374,6 +533,14 @@ def render(report: Report) -> str:
     if report.notes:
         out += ["", "Notes:"] + [f"  - {n}" for n in report.notes]
     return "\n".join(out) + "\n"
+
+
+def _latency_vs_load(report: Report) -> list[LoadPoint]:
+    """The summary points when more than one rate was measured, else none."""
+    if len(offered_rates(report.fixed_rate)) < 2:
+        return []
+    peak = _reference(report.throughput, "1k")
+    return load_points(report.fixed_rate, peak.wrk.rps if peak else None)
 
 
 def _clean(value: float | None) -> float | None:
@@ -390,6 +557,30 @@ def _wrk_json(w: WrkResult) -> dict[str, object]:
         "p90_s": w.p90_s,
         "p99_s": w.p99_s,
         "errors": w.errors,
+    }
+
+
+def _load_json(points: Sequence[LoadPoint]) -> dict[str, object] | None:
+    """The latency-vs-load summary as JSON-ready data; None with fewer than two rates."""
+    if not points:
+        return None
+    highest = {p: highest_within_budget(points, p) for p in PROXIES}
+    return {
+        "p99_added_budget_s": P99_ADDED_BUDGET_S,
+        "rates": [
+            {
+                "rate": point.rate,
+                "fraction_of_nginx_peak": point.fraction,
+                "p99_added_s": {k: _clean(v) for k, v in point.added.items()},
+                "bluegreen_core_busy": _clean(point.bluegreen_busy),
+                "invalid": list(point.invalid),
+            }
+            for point in points
+        ],
+        "highest_rate_within_budget": {
+            proxy: point.rate if point else None for proxy, point in highest.items()
+        },
+        "capacity_ratio": capacity_ratio(points),
     }
 
 
@@ -426,7 +617,9 @@ def to_json(report: Report) -> dict[str, object]:
                 "target": f.target,
                 "payload": f.payload,
                 **data,
+                "p99_added_s": _clean(p99_added(f, report.fixed_rate)),
                 "proxy_cpu_us_per_request": _clean(f.cpu_us_per_request),
+                "proxy_core_busy": _clean(f.busy),
                 "other_load_cores": f.other_cores,
             }
         )
@@ -448,6 +641,7 @@ def to_json(report: Report) -> dict[str, object]:
         "throughput": throughput,
         "fixed_rate": fixed,
         "fixed_rate_note": report.fixed_rate_note,
+        "latency_vs_load": _load_json(_latency_vs_load(report)),
         "memory": memory,
         "failures": list(report.failures),
         "notes": list(report.notes),

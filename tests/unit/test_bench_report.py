@@ -8,15 +8,22 @@ import math
 import pytest
 
 from bench.report import (
+    P99_ADDED_BUDGET_S,
     FixedRate,
     IdleMemory,
     Report,
     Throughput,
     best_fixed_rate,
     best_throughput,
+    capacity_line,
+    capacity_ratio,
+    fixed_rate_rows,
     fmt_bytes,
     fmt_ratio,
     fmt_time,
+    highest_within_budget,
+    load_points,
+    p99_added,
     ratio,
     render,
     render_table,
@@ -54,20 +61,27 @@ def _tp(
     )
 
 
-def _fixed(target: str, p99: float, *, completed: int = 200_000) -> FixedRate:
+def _fixed(
+    target: str, p99: float, *, rate: float = 20_000.0, completed: int | None = None
+) -> FixedRate:
+    """A 10 s run at ``rate``; all requests answered in the window unless ``completed`` says."""
+    released = round(rate * 10)
+    done = released if completed is None else completed
     result = RateResult(
-        target_rate=20_000.0,
+        target_rate=rate,
         window_s=10.0,
-        released=200_000,
-        completed=completed,
-        completed_in_window=completed,
+        released=released,
+        completed=done,
+        completed_in_window=done,
         errors=0,
         unanswered=0,
         latency={"p50": 50e-6, "p90": 80e-6, "p99": p99, "p99.9": 2 * p99, "max": 3 * p99},
         lag={"p99": 20e-6},
-        completed_total=220_000,
+        completed_total=round(released * 1.1),  # warm-up responses count too
     )
-    return FixedRate(target, "1k", result, proxy_cpu_s=None if target == "direct" else 4.4)
+    # The proxies use 22 µs of CPU per request (over warm-up, window and drain).
+    cpu = None if target == "direct" else 22e-6 * result.completed_total
+    return FixedRate(target, "1k", result, proxy_cpu_s=cpu)
 
 
 # nginx: 40,000 req/s using 8.8 CPU s for 400,000 requests = 22 µs/req.
@@ -134,6 +148,15 @@ def test_best_fixed_rate_prefers_valid_runs_then_lowest_p99() -> None:
     ids=["none", "nan", "micro", "milli", "seconds"],
 )
 def test_fmt_time(seconds: float | None, text: str) -> None:
+    assert fmt_time(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.9999e-3, "1.00 ms"), (0.999999, "1.00 s")],
+    ids=["micro-to-milli", "milli-to-seconds"],
+)
+def test_fmt_time_switches_unit_when_rounding_reaches_the_next(seconds: float, text: str) -> None:
     assert fmt_time(seconds) == text
 
 
@@ -244,3 +267,227 @@ def test_json_turns_nan_quantiles_into_null() -> None:
     fixed = data["fixed_rate"]
     assert isinstance(fixed, list)
     assert fixed[0]["latency"] == {"p99": None}
+
+
+# --------------------------------------------------------------------------- several rates
+
+PEAK = 40_000.0  # nginx's 1k req/s in RUNS
+RATES = (8_000.0, 12_000.0, 16_000.0, 20_000.0)
+# p99 at each rate; direct adds nothing, so p99 added = p99 - 0.2 ms.
+NGINX_P99 = (0.5e-3, 0.8e-3, 1.2e-3, 1.9e-3)  # added 0.3 .. 1.7 ms: always within 2 ms
+BLUEGREEN_P99 = (1.0e-3, 2.1e-3, 5.0e-3, 30e-3)  # added 0.8, 1.9, 4.8, 29.8 ms
+
+
+def _sweep() -> list[FixedRate]:
+    """Best runs of a sweep, in the order best_fixed_rate returns them."""
+    runs = []
+    for rate, nginx_p99, bluegreen_p99 in zip(RATES, NGINX_P99, BLUEGREEN_P99, strict=True):
+        runs += [
+            _fixed("direct", 0.2e-3, rate=rate),
+            _fixed("nginx", nginx_p99, rate=rate),
+            _fixed("bluegreen", bluegreen_p99, rate=rate),
+        ]
+    return runs
+
+
+def _sweep_report() -> Report:
+    report = _report()
+    report.fixed_rate = _sweep()
+    return report
+
+
+def test_best_fixed_rate_keeps_one_run_per_target_and_rate_ordered_by_rate() -> None:
+    runs = [
+        _fixed("bluegreen", 0.003, rate=12_000),
+        _fixed("nginx", 0.001, rate=12_000),
+        _fixed("nginx", 0.002, rate=6_000),
+        _fixed("nginx", 0.004, rate=6_000),  # same target and rate, worse p99
+        _fixed("direct", 0.0002, rate=12_000),
+        _fixed("direct", 0.0002, rate=6_000),
+    ]
+    best = best_fixed_rate(runs)
+    assert [(r.rate, r.target) for r in best] == [
+        (6_000, "direct"),
+        (6_000, "nginx"),
+        (12_000, "direct"),
+        (12_000, "nginx"),
+        (12_000, "bluegreen"),
+    ]
+    assert best[1].result.latency["p99"] == 0.002
+
+
+def test_p99_added_subtracts_direct_at_the_same_rate() -> None:
+    runs = [
+        _fixed("direct", 0.1e-3, rate=6_000),
+        _fixed("direct", 0.5e-3, rate=12_000),
+        _fixed("bluegreen", 1.0e-3, rate=6_000),
+        _fixed("bluegreen", 3.0e-3, rate=12_000),
+    ]
+    assert p99_added(runs[2], runs) == pytest.approx(0.9e-3)
+    assert p99_added(runs[3], runs) == pytest.approx(2.5e-3)
+    assert p99_added(runs[0], runs) is None  # direct adds nothing to itself
+
+
+def test_p99_added_is_none_without_direct_at_that_rate() -> None:
+    runs = [_fixed("direct", 0.1e-3, rate=6_000), _fixed("nginx", 1e-3, rate=12_000)]
+    assert p99_added(runs[1], runs) is None
+
+
+def test_fixed_rate_rows_show_p99_added_per_rate() -> None:
+    rows = fixed_rate_rows(_sweep())
+    added = {(row[2], row[1]): row[9] for row in rows}
+    assert added[("8,000", "bluegreen")] == "800 µs"
+    assert added[("20,000", "bluegreen")] == "29.80 ms"
+    assert added[("16,000", "nginx")] == "1.00 ms"
+    assert added[("8,000", "direct")] == "-"
+
+
+def test_fixed_rate_busy_is_cpu_per_request_times_achieved_rate() -> None:
+    run = _fixed("bluegreen", 1e-3, rate=20_000)
+    assert run.cpu_us_per_request == pytest.approx(22.0)
+    assert run.busy == pytest.approx(0.44)  # 22 µs x 20,000/s
+    assert _fixed("direct", 1e-3).busy is None
+
+
+def test_load_points_one_per_rate_with_fraction_added_and_busy() -> None:
+    points = load_points(_sweep(), PEAK)
+    assert [p.rate for p in points] == list(RATES)
+    first = points[0]
+    assert first.fraction == pytest.approx(0.2)
+    assert first.added["nginx"] == pytest.approx(0.3e-3)
+    assert first.added["bluegreen"] == pytest.approx(0.8e-3)
+    assert first.bluegreen_busy == pytest.approx(22e-6 * 8_000)
+    assert first.invalid == ()
+
+
+def test_load_points_name_invalid_runs_and_have_no_fraction_without_peak() -> None:
+    runs = _sweep()
+    runs[2] = _fixed("bluegreen", 1e-3, rate=8_000, completed=10)  # could not keep up
+    (first, *_) = load_points(runs, None)
+    assert first.fraction is None
+    assert first.invalid == ("bluegreen",)
+
+
+def test_highest_rate_within_budget_per_proxy_and_ratio() -> None:
+    points = load_points(_sweep(), PEAK)
+    nginx = highest_within_budget(points, "nginx")
+    bluegreen = highest_within_budget(points, "bluegreen")
+    assert nginx is not None
+    assert nginx.rate == 20_000
+    assert bluegreen is not None
+    assert bluegreen.rate == 12_000
+    assert capacity_ratio(points) == pytest.approx(0.6)
+
+
+def test_highest_rate_within_budget_ignores_invalid_runs() -> None:
+    runs = _sweep()
+    # bluegreen at 16,000/s: 1 ms p99 would be within budget, but it did not hold the rate.
+    runs[8] = _fixed("bluegreen", 1e-3, rate=16_000, completed=1000)
+    # nginx at 20,000/s is within budget, but direct's run at that rate is not valid.
+    runs[9] = _fixed("direct", 0.2e-3, rate=20_000, completed=1000)
+    points = load_points(runs, PEAK)
+    bluegreen = highest_within_budget(points, "bluegreen")
+    nginx = highest_within_budget(points, "nginx")
+    assert bluegreen is not None
+    assert bluegreen.rate == 12_000
+    assert nginx is not None
+    assert nginx.rate == 16_000
+
+
+def test_highest_rate_within_budget_stops_at_the_first_miss() -> None:
+    runs = _sweep()
+    # bluegreen misses the budget at 8,000/s: its passes at 12,000/s and above do not count.
+    runs[2] = _fixed("bluegreen", 5e-3, rate=8_000)
+    points = load_points(best_fixed_rate(runs), PEAK)
+    assert highest_within_budget(points, "bluegreen") is None
+    nginx = highest_within_budget(points, "nginx")
+    assert nginx is not None
+    assert nginx.rate == 20_000
+
+
+def test_highest_rate_within_budget_never_met() -> None:
+    runs = [r for r in _sweep() if r.target != "bluegreen"]
+    runs += [_fixed("bluegreen", 10e-3, rate=rate) for rate in RATES]
+    points = load_points(best_fixed_rate(runs), PEAK)
+    assert highest_within_budget(points, "bluegreen") is None
+    assert capacity_ratio(points) is None
+    line = capacity_line(points)
+    assert "bluegreen never met it" in line
+    assert "bluegreen/nginx -" in line
+
+
+def test_budget_is_issue_8s_two_milliseconds() -> None:
+    assert P99_ADDED_BUDGET_S == 0.002
+
+
+def test_capacity_line_names_rates_fractions_and_ratio() -> None:
+    line = capacity_line(load_points(_sweep(), PEAK))
+    assert "p99 added ≤ 2.00 ms" in line
+    # nginx met it at the top of the sweep: its capacity may be higher still.
+    assert "nginx 20,000/s (0.50 of nginx's peak) (the highest rate measured" in line
+    assert "bluegreen 12,000/s (0.30 of nginx's peak);" in line
+    assert line.endswith("bluegreen/nginx 0.60x")
+
+
+def test_capacity_line_says_when_a_proxy_was_not_measured() -> None:
+    runs = [r for r in _sweep() if r.target != "bluegreen"]
+    assert "bluegreen not measured" in capacity_line(load_points(runs, PEAK))
+
+
+def test_render_latency_vs_load_table() -> None:
+    lines = render(_sweep_report()).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Latency vs load"))
+    assert "budget 2.00 ms" in lines[start]
+    header, _, *rows = lines[start + 1 : start + 7]
+    assert header.split()[:3] == ["offered/s", "of", "nginx's"]
+    assert rows[0].split() == ["8,000", "0.20", "300", "µs", "800", "µs", "18%", "yes"]
+    assert rows[3].split()[:2] == ["20,000", "0.50"]
+    assert "29.80 ms" in rows[3]
+    assert lines[start + 7].startswith("  latency-bound capacity")
+
+
+def test_render_latency_vs_load_marks_invalid_runs() -> None:
+    report = _sweep_report()
+    report.fixed_rate[5] = _fixed("bluegreen", 2e-3, rate=12_000, completed=10)
+    text = render(report)
+    row = next(line for line in text.splitlines() if line.startswith("12,000"))
+    assert row.endswith("NO: bluegreen")
+    # With several rates, the reason names the rate as well as the target.
+    assert "bluegreen at 12,000/s: not valid: achieved 1/s of 12,000/s" in text
+
+
+def test_render_has_no_latency_vs_load_table_for_one_rate() -> None:
+    assert "Latency vs load" not in render(_report())
+
+
+def test_json_latency_vs_load_summary() -> None:
+    data = to_json(_sweep_report())
+    json.dumps(data, allow_nan=False)
+    summary = data["latency_vs_load"]
+    assert isinstance(summary, dict)
+    assert summary["p99_added_budget_s"] == 0.002
+    assert [r["rate"] for r in summary["rates"]] == list(RATES)
+    first = summary["rates"][0]
+    assert first["fraction_of_nginx_peak"] == pytest.approx(0.2)
+    assert first["p99_added_s"]["bluegreen"] == pytest.approx(0.8e-3)
+    assert first["bluegreen_core_busy"] == pytest.approx(0.176)
+    assert first["invalid"] == []
+    assert summary["highest_rate_within_budget"] == {"nginx": 20_000, "bluegreen": 12_000}
+    assert summary["capacity_ratio"] == pytest.approx(0.6)
+
+
+def test_json_fixed_rate_entries_keep_their_rate_and_p99_added() -> None:
+    fixed = to_json(_sweep_report())["fixed_rate"]
+    assert isinstance(fixed, list)
+    assert [(f["target"], f["target_rate"]) for f in fixed[:4]] == [
+        ("direct", 8_000),
+        ("nginx", 8_000),
+        ("bluegreen", 8_000),
+        ("direct", 12_000),
+    ]
+    assert fixed[2]["p99_added_s"] == pytest.approx(0.8e-3)
+    assert fixed[0]["p99_added_s"] is None
+
+
+def test_json_has_no_latency_vs_load_for_one_rate() -> None:
+    assert to_json(_report())["latency_vs_load"] is None
