@@ -11,6 +11,7 @@ from bench.report import (
     P99_ADDED_BUDGET_S,
     FixedRate,
     IdleMemory,
+    LoadPoint,
     Report,
     Throughput,
     best_fixed_rate,
@@ -368,14 +369,15 @@ def test_load_points_name_invalid_runs_and_have_no_fraction_without_peak() -> No
     assert first.invalid == ("bluegreen",)
 
 
+def _capacity(points: list[LoadPoint], proxy: str) -> float | None:
+    point = highest_within_budget(points, proxy)
+    return None if point is None else point.rate
+
+
 def test_highest_rate_within_budget_per_proxy_and_ratio() -> None:
     points = load_points(_sweep(), PEAK)
-    nginx = highest_within_budget(points, "nginx")
-    bluegreen = highest_within_budget(points, "bluegreen")
-    assert nginx is not None
-    assert nginx.rate == 20_000
-    assert bluegreen is not None
-    assert bluegreen.rate == 12_000
+    assert _capacity(points, "nginx") == 20_000
+    assert _capacity(points, "bluegreen") == 12_000
     assert capacity_ratio(points) == pytest.approx(0.6)
 
 
@@ -386,12 +388,8 @@ def test_highest_rate_within_budget_ignores_invalid_runs() -> None:
     # nginx at 20,000/s is within budget, but direct's run at that rate is not valid.
     runs[9] = _fixed("direct", 0.2e-3, rate=20_000, completed=1000)
     points = load_points(runs, PEAK)
-    bluegreen = highest_within_budget(points, "bluegreen")
-    nginx = highest_within_budget(points, "nginx")
-    assert bluegreen is not None
-    assert bluegreen.rate == 12_000
-    assert nginx is not None
-    assert nginx.rate == 16_000
+    assert _capacity(points, "bluegreen") == 12_000
+    assert _capacity(points, "nginx") == 16_000
 
 
 def test_highest_rate_within_budget_stops_at_the_first_miss() -> None:
@@ -399,10 +397,8 @@ def test_highest_rate_within_budget_stops_at_the_first_miss() -> None:
     # bluegreen misses the budget at 8,000/s: its passes at 12,000/s and above do not count.
     runs[2] = _fixed("bluegreen", 5e-3, rate=8_000)
     points = load_points(best_fixed_rate(runs), PEAK)
-    assert highest_within_budget(points, "bluegreen") is None
-    nginx = highest_within_budget(points, "nginx")
-    assert nginx is not None
-    assert nginx.rate == 20_000
+    assert _capacity(points, "bluegreen") is None
+    assert _capacity(points, "nginx") == 20_000
 
 
 def test_highest_rate_within_budget_never_met() -> None:
