@@ -18,14 +18,9 @@ from bluegreen.config import (
     with_overrides,
 )
 from bluegreen.errors import ConfigError
+from tests.unit.config_files import assert_names_the_key, write
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "bluegreen.yaml"
-    path.write_text(text)
-    return path
 
 
 def test_example_config_loads_as_is() -> None:
@@ -130,12 +125,7 @@ access_log: {enabled: false, path: /var/log/bg.log}
 def test_bad_values_name_the_key_path(
     tmp_path: Path, yaml_text: str, key: str, problem: str
 ) -> None:
-    path = write(tmp_path, yaml_text)
-    with pytest.raises(ConfigError) as info:
-        load_config(path, env={})
-    assert info.value.key == key
-    assert problem in info.value.problem
-    assert str(info.value).startswith(f"{path}: {key}: ")
+    assert_names_the_key(tmp_path, yaml_text, key, problem)
 
 
 def test_duplicate_keys_are_errors(tmp_path: Path) -> None:

@@ -8,15 +8,9 @@ import pytest
 
 from bluegreen.config import Config, load_config, parse_config
 from bluegreen.demo.config import DemoServeSettings, write_serve_config
-from bluegreen.errors import ConfigError
+from tests.unit.config_files import assert_names_the_key, write
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "bluegreen.yaml"
-    path.write_text(text)
-    return path
 
 
 def test_default_is_502_503_504() -> None:
@@ -68,12 +62,7 @@ def test_statuses_parse(tmp_path: Path, yaml_text: str, statuses: tuple[int, ...
 def test_bad_values_name_the_key_path(
     tmp_path: Path, yaml_text: str, key: str, problem: str
 ) -> None:
-    path = write(tmp_path, yaml_text)
-    with pytest.raises(ConfigError) as info:
-        load_config(path, env={})
-    assert info.value.key == key
-    assert problem in info.value.problem
-    assert str(info.value).startswith(f"{path}: {key}: ")
+    assert_names_the_key(tmp_path, yaml_text, key, problem)
 
 
 def test_demo_retries_the_injected_500(tmp_path: Path) -> None:
