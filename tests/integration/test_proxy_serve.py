@@ -123,8 +123,7 @@ async def test_signal_drains_in_flight_requests_then_exits_0(
     signum: signal.Signals, upstreams: tuple[Upstream, Upstream]
 ) -> None:
     blue, green = upstreams
-    blue.held.clear()
-    blue.release.clear()
+    blue.hold_next()
     serve = await ServeProcess.start("--blue", blue.address, "--green", green.address)
     try:
         idle = await RawClient.connect("127.0.0.1", serve.port)
@@ -359,8 +358,7 @@ async def test_a_second_signal_during_the_drain_cuts_and_exits_1(
     upstreams: tuple[Upstream, Upstream],
 ) -> None:
     blue, green = upstreams
-    blue.held.clear()
-    blue.release.clear()
+    blue.hold_next()
     serve = await ServeProcess.start("--blue", blue.address, "--green", green.address)
     try:
         busy = await RawClient.connect("127.0.0.1", serve.port)

@@ -105,8 +105,7 @@ async def test_readyz_turns_503_while_draining_and_the_replica_is_marked_stopped
     blue, green = upstreams
     state = f"file:{tmp_path / 'state.json'}"
     serve = await ServeReplica.start(state, blue.address, green.address, env=ENV)
-    blue.held.clear()
-    blue.release.clear()
+    blue.hold_next()
     async with aiohttp.ClientSession() as session:
         try:
             async with asyncio.timeout(20):

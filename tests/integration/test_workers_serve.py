@@ -180,8 +180,7 @@ async def test_sigterm_drains_every_worker_then_exits_0(
     serve: ServeReplica, upstreams: tuple[Upstream, Upstream]
 ) -> None:
     blue, _ = upstreams
-    blue.held.clear()
-    blue.release.clear()
+    blue.hold_next()
     held = []
     for _ in range(8):
         client = await RawClient.connect("127.0.0.1", serve.port)
@@ -223,8 +222,7 @@ async def test_a_second_sigterm_during_the_drain_cuts_every_worker_and_exits_1(
     serve: ServeReplica, upstreams: tuple[Upstream, Upstream]
 ) -> None:
     blue, _ = upstreams
-    blue.held.clear()
-    blue.release.clear()
+    blue.hold_next()
     busy = await RawClient.connect("127.0.0.1", serve.port)
     await busy.send(get("/hold"))
     await asyncio.wait_for(blue.held.wait(), 5)

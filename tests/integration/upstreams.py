@@ -83,6 +83,11 @@ class Upstream:
         """``host:port`` as the proxy's config wants it."""
         return f"{self.host}:{self.port}"
 
+    def hold_next(self) -> None:
+        """Make the next ``/hold`` request wait again (set ``held``, wait for ``release``)."""
+        self.held.clear()
+        self.release.clear()
+
     async def close(self) -> None:
         """Stop the server."""
         self.release.set()
