@@ -443,15 +443,19 @@ class Exchange:
         if not answered:
             self.stats.retries += 1
         self.error = error
+        self._requeue_written()
+        # A lost connection never reports its buffer drained.
+        self.client.resume(_PAUSE_UPSTREAM)
+        self._route(colour, _RETRY, server)
+        self._acquire(self.client._loop.time(), fresh=False)
+
+    def _requeue_written(self) -> None:
+        """Put the request bytes already written (kept for retries) back in front, to send again."""
         replay = self.replay
         if replay is not None:
             self.out[0:0] = replay  # what was written, before what was not yet
             self.replay = None
             self.replay_size = 0
-        # A lost connection never reports its buffer drained.
-        self.client.resume(_PAUSE_UPSTREAM)
-        self._route(colour, _RETRY, server)
-        self._acquire(self.client._loop.time(), fresh=False)
 
     def attach(self, conn: UpstreamConnection, now: float) -> None:
         """Start using ``conn``: write the head and any body bytes already read."""
@@ -678,9 +682,7 @@ class Exchange:
             if conn.requests and not self.stale_retried:
                 # A pooled connection the upstream had probably closed: again on a fresh one.
                 self.stale_retried = True
-                self.out[0:0] = replay
-                self.replay = None
-                self.replay_size = 0
+                self._requeue_written()
                 self.reason = _RETRY
                 self._acquire(self.client._loop.time(), fresh=True)
                 return
