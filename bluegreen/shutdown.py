@@ -51,15 +51,22 @@ class DrainSignals:
         self, drain: Awaitable[bool], cut: Callable[[], Awaitable[None]]
     ) -> bool | None:
         """Run ``drain`` unless another signal comes first: then cancel it, ``cut()``, None."""
-        draining = asyncio.ensure_future(drain)
-        second = asyncio.ensure_future(self._event.wait())
-        await asyncio.wait({draining, second}, return_when=asyncio.FIRST_COMPLETED)
-        if not draining.done():
-            draining.cancel()
-            await cut()
-            return None
-        second.cancel()
-        return draining.result()
+        return await drain_unless_cut(drain, self._event.wait(), cut)
+
+
+async def drain_unless_cut(
+    drain: Awaitable[bool], cut_requested: Awaitable[object], cut: Callable[[], Awaitable[None]]
+) -> bool | None:
+    """``drain``'s result, unless ``cut_requested`` comes first: then cancel, ``cut()``, None."""
+    draining = asyncio.ensure_future(drain)
+    cutting = asyncio.ensure_future(cut_requested)
+    await asyncio.wait({draining, cutting}, return_when=asyncio.FIRST_COMPLETED)
+    if not draining.done():
+        draining.cancel()
+        await cut()
+        return None
+    cutting.cancel()
+    return draining.result()
 
 
 class CutAfterDrain:

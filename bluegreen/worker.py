@@ -228,6 +228,7 @@ async def _run(channel: socket.socket) -> int:
     from bluegreen.logs import AccessLog, ThreadedWriter
     from bluegreen.proxy import ProxyServer, create_listener
     from bluegreen.runtime import freeze_startup_objects
+    from bluegreen.shutdown import drain_unless_cut
 
     log = structlog.get_logger("bluegreen.worker")
     loop = asyncio.get_running_loop()
@@ -274,20 +275,17 @@ async def _run(channel: socket.socket) -> int:
         if worker.cut.is_set():
             await proxy.stop()
             return EXIT_FORCED
-        drain = loop.create_task(proxy.drain(config.timeouts.drain))
-        forced = loop.create_task(worker.cut.wait())
-        await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
-        if not drain.done():
-            drain.cancel()
-            await proxy.stop()
+        drained = await drain_unless_cut(
+            proxy.drain(config.timeouts.drain), worker.cut.wait(), proxy.stop
+        )
+        if drained is None:
             return EXIT_FORCED
-        forced.cancel()
         ticker.cancel()
         follow.cancel()
         worker.send("stats", stats_of(proxy))
         with contextlib.suppress(ConnectionError):
             await writer.drain()
-        log.info("worker_stopped", drained=drain.result())
+        log.info("worker_stopped", drained=drained)
         return EXIT_OK
     finally:
         for task in list(worker.tasks):
