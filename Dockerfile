@@ -12,10 +12,19 @@
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim AS build
+# The data plane is compiled with mypyc (BLUEGREEN_COMPILE=1; see README):
+# this stage needs a C compiler, the final image only the built extensions.
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    BLUEGREEN_COMPILE=1
+# Unpinned on purpose: the slim base's Debian release pins the compiler it gets.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
+COPY build_backend ./build_backend
 COPY bluegreen ./bluegreen
 RUN python -m venv /opt/bluegreen \
  && /opt/bluegreen/bin/pip install ".[fast]" \

@@ -80,6 +80,7 @@ from time import monotonic
 from typing import Final, NoReturn, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+from mypy_extensions import mypyc_attr
 from prometheus_client import CollectorRegistry
 
 from bluegreen.config import Address, Config, require_upstreams
@@ -866,6 +867,7 @@ class Exchange:
             )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # see TimedProtocol
 class ClientConnection(TimedProtocol):
     """One client TCP connection: parses requests, runs their exchanges in order."""
 
@@ -1781,7 +1783,10 @@ class ProxyServer:
     def address(self) -> tuple[str, int]:
         """The (host, port) actually listened on (useful with port 0)."""
         assert self._server is not None  # noqa: S101  # after start()
-        name = self._server.sockets[0].getsockname()
+        # uvloop's Server.sockets is a list where typeshed says tuple; compiled
+        # (mypyc) code checks declared types, so read it untyped.
+        sockets: list[socket.socket] = list(getattr(self._server, "sockets"))  # noqa: B009
+        name = sockets[0].getsockname()
         return str(name[0]), int(name[1])
 
     @property

@@ -1,6 +1,9 @@
-"""How a serving process runs: its event loop and its garbage collector.
+"""How a serving process runs: its event loop, its build and its garbage collector.
 
 uvloop is used whenever it is installed (``pip install bluegreen[fast]``).
+``BLUEGREEN_COMPILE=1 pip install .`` compiles the data plane with mypyc
+(build_backend/bluegreen_build.py); :func:`data_plane_build` tells which
+build this process runs, and ``serve`` logs it.
 
 A serving process holds ~70k long-lived objects after start-up (aiohttp,
 asyncpg, the controller, the config). A full (generation 2) collection walks
@@ -14,7 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 from collections.abc import Callable
+from importlib.machinery import EXTENSION_SUFFIXES
+
+# The modules BLUEGREEN_COMPILE=1 compiles (build_backend's COMPILED_MODULES, as module names).
+COMPILED_MODULES = ("bluegreen.proxy", "bluegreen.upstream")
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -31,3 +39,12 @@ def freeze_startup_objects() -> None:
     """Collect once, then exempt every object alive now from future collections."""
     gc.collect()
     gc.freeze()
+
+
+def data_plane_build() -> str:
+    """``compiled`` when every data-plane module is a mypyc extension, else ``interpreted``."""
+    for name in COMPILED_MODULES:
+        path = getattr(importlib.import_module(name), "__file__", None) or ""
+        if not path.endswith(tuple(EXTENSION_SUFFIXES)):
+            return "interpreted"
+    return "compiled"

@@ -35,7 +35,7 @@ from bluegreen.controller.runner import RolloutController
 from bluegreen.logs import AccessLog, ThreadedWriter, configure_logging
 from bluegreen.proxy import ProxyServer
 from bluegreen.replica import ControlPlane, ControlPlaneSettings
-from bluegreen.runtime import freeze_startup_objects, loop_factory
+from bluegreen.runtime import data_plane_build, freeze_startup_objects, loop_factory
 from bluegreen.shutdown import CutAfterDrain, DrainSignals
 from bluegreen.workers import serve_workers, worker_count
 
@@ -139,6 +139,7 @@ async def _serve(
             state_version=plane.store.current.version,
             admin=admin.url,
             event_loop=type(loop).__module__.split(".")[0],
+            data_plane=data_plane_build(),
         )
         if ready is not None:
             ready(proxy)

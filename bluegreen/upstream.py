@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import structlog
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from mypy_extensions import mypyc_attr
 
 from bluegreen.errors import (
     UpstreamBusyError,
@@ -96,6 +97,9 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+# Compiled (BLUEGREEN_COMPILE=1), a class only Python code may subclass if it says so;
+# the tests subclass the protocols to observe them (no measurable cost).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class TimedProtocol(asyncio.Protocol):
     """An ``asyncio.Protocol`` with one reusable timer for its current deadline.
 

@@ -59,7 +59,7 @@ from bluegreen.replica import (
     _safe_replica_id,
 )
 from bluegreen.routing import Colour
-from bluegreen.runtime import freeze_startup_objects
+from bluegreen.runtime import data_plane_build, freeze_startup_objects
 from bluegreen.shutdown import CutAfterDrain, DrainSignals
 from bluegreen.state.model import ReplicaInfo, StateDocument, to_json
 from bluegreen.worker import EXIT_FAILED, WorkerInit, WorkerStats, encode, read_message
@@ -679,6 +679,7 @@ async def serve_workers(config: Config, plane: ControlPlane, count: int, cut: Cu
             state_version=plane.store.current.version,
             admin=admin.url,
             event_loop=type(loop).__module__.split(".")[0],
+            data_plane=data_plane_build(),
         )
         freeze_startup_objects()
         signal_name = await signals.first()

@@ -4,6 +4,10 @@ The server comes from ``BLUEGREEN_TEST_DSN`` (a libpq URL) or, if unset,
 ``postgresql://postgres@127.0.0.1:5432/postgres``. Without a reachable server
 the PostgreSQL tests skip with a message naming the variable — unless
 ``BLUEGREEN_REQUIRE_PG=1`` (CI sets it), in which case they fail.
+
+``BLUEGREEN_EXPECT_COMPILED=1`` (CI's run against a ``BLUEGREEN_COMPILE=1``
+install) stops the session before any test unless the data plane imported
+is the mypyc-compiled one, so that run can never test the sources instead.
 """
 
 from __future__ import annotations
@@ -18,6 +22,21 @@ import asyncpg
 import pytest
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("BLUEGREEN_EXPECT_COMPILED") != "1":
+        return
+    from bluegreen import proxy
+    from bluegreen.runtime import data_plane_build
+
+    if data_plane_build() != "compiled":
+        pytest.exit(
+            f"BLUEGREEN_EXPECT_COMPILED=1 but the data plane is interpreted ({proxy.__file__}): "
+            "install with BLUEGREEN_COMPILE=1 and run pytest with --import-mode=append "
+            "from that environment's bin/pytest, so the sources do not shadow it",
+            returncode=3,
+        )
 
 
 def _admin_dsn() -> str:

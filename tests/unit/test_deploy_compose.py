@@ -11,6 +11,7 @@ import json
 import re
 import shlex
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,23 @@ def test_dockerfile_is_slim_non_root_and_checks_readyz() -> None:
     (cmd,) = [args for kw, args in steps if kw == "CMD"]
     assert cmd == '["serve", "--config", "/etc/bluegreen/bluegreen.yaml"]'
     assert any(kw == "RUN" and '".[fast]"' in args for kw, args in steps)
+
+
+def test_the_image_builds_the_compiled_data_plane_with_what_the_build_needs() -> None:
+    steps = instructions(DOCKERFILE)
+    first, final = [i for i, (kw, _) in enumerate(steps) if kw == "FROM"]
+    build_stage = steps[first:final]
+    env = " ".join(args for kw, args in build_stage if kw == "ENV")
+    assert "BLUEGREEN_COMPILE=1" in env
+    assert any(kw == "RUN" and "gcc" in args for kw, args in build_stage)
+    copied = {
+        source.rstrip("/")
+        for kw, args in build_stage
+        if kw == "COPY"
+        for source in shlex.split(args)[:-1]
+    }
+    build_system = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
+    assert {"pyproject.toml", "setup.py", *build_system["backend-path"]} <= copied
 
 
 def test_the_image_default_config_listens_where_the_image_exposes() -> None:
