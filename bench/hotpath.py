@@ -10,6 +10,10 @@ does in Python (and in llhttp) per request; the syscalls, the event loop and
 the kernel's TCP work are not in it. That makes it a steady figure on a busy
 machine, good for comparing two versions of the hot path; the end-to-end
 benchmark (``python -m bench.proxy``) remains the judge.
+
+It measures the bluegreen it imports. For a ``BLUEGREEN_COMPILE=1`` install,
+run it as a file from that environment (``.venv-compiled/bin/python
+bench/hotpath.py``): ``-m`` from the repository root would import the sources.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import gc
 import time
 from typing import Any
 
+from bluegreen import proxy as proxy_module
 from bluegreen.config import Config, with_overrides
 from bluegreen.proxy import ClientConnection, ProxyServer
 from bluegreen.routing import Colour
+from bluegreen.runtime import data_plane_build
 from bluegreen.upstream import UpstreamConnection
 
 # What wrk sends, and what a browser sends (more headers, a cookie).
@@ -125,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             factory = uvloop.new_event_loop
         except ImportError:
             pass
+    print(f"data plane: {data_plane_build()} ({proxy_module.__file__})")
     with asyncio.Runner(loop_factory=factory) as runner:
         for name, request in (("wrk request", REQUEST_WRK), ("browser request", REQUEST_BROWSER)):
             us = runner.run(measure(request, RESPONSE_NGINX, args.count))

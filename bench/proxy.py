@@ -369,6 +369,24 @@ def _bluegreen_revision() -> str:
     return r.stdout.strip() if r.returncode == 0 else ""
 
 
+def _data_plane_build() -> str:
+    """Which build of bluegreen's data plane ``python -m bluegreen`` runs here.
+
+    Asked of a child interpreter started outside the repository, as the
+    served bluegreen is, so an installed compiled build is not shadowed by
+    the sources next to this file.
+    """
+    probe = "from bluegreen.runtime import data_plane_build; print(data_plane_build())"
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", probe],
+            capture_output=True, text=True, timeout=60, check=False, cwd="/",
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return r.stdout.strip() if r.returncode == 0 else "?"
+
+
 def describe_machine(placement: Placement, args: argparse.Namespace) -> dict[str, str]:
     """The report's header: when, where, with what, and how the load was applied."""
     cpus = os.cpu_count() or 0
@@ -376,8 +394,10 @@ def describe_machine(placement: Placement, args: argparse.Namespace) -> dict[str
     wrk_v = _first_line(["wrk", "-v"]).split(" [")[0]
     uvloop_v = _version("uvloop")
     revision = _bluegreen_revision()
-    bluegreen_v = f"bluegreen {_version('bluegreen') or '?'}" + (
-        f" ({revision})" if revision else ""
+    bluegreen_v = (
+        f"bluegreen {_version('bluegreen') or '?'}"
+        + (f" ({revision})" if revision else "")
+        + f", data plane {_data_plane_build()}"
     )
     software = [nginx_v, wrk_v, f"Python {platform.python_version()}"]
     if uvloop_v:
