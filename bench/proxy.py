@@ -49,10 +49,12 @@ from bench.report import (
     FixedRate,
     IdleMemory,
     Report,
+    RoundsAtRate,
     Throughput,
     best_fixed_rate,
     best_throughput,
     render,
+    rounds_at_rates,
     to_json,
 )
 from bench.wrk import WrkOutputError, parse_wrk_output, wrk_command
@@ -685,7 +687,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Report:
                     f"{run_.target} {run_.payload}: {run_.wrk.errors} errors under load"
                 )
 
-        report.fixed_rate_note, report.fixed_rate = fixed_rate_phase(
+        report.fixed_rate_note, report.fixed_rate, report.rounds = fixed_rate_phase(
             sup,
             tmp,
             targets,
@@ -736,28 +738,31 @@ def fixed_rate_phase(
     placement: Placement,
     args: argparse.Namespace,
     failures: list[str],
-) -> tuple[str, list[FixedRate]]:
-    """Open-loop runs at the chosen rates; returns a one-line explanation and the best runs.
+) -> tuple[str, list[FixedRate], list[RoundsAtRate]]:
+    """Open-loop runs at the chosen rates: a one-line explanation, the best runs, every round.
 
     Rates run one after another, ascending; at each rate ``--repeat`` rounds
-    interleave the targets, and the best run per target and rate is kept.
+    interleave the targets, and the best run per target and rate is kept;
+    each round's p99 added (against direct's run of that round) is kept too.
     """
     if args.fixed_rate == "off":
-        return "", []
+        return "", [], []
     if "1k" not in args.only:
-        return "  skipped: the fixed-rate runs use the 1k payload (add it to --only)", []
+        return "  skipped: the fixed-rate runs use the 1k payload (add it to --only)", [], []
     peak = next(
         (t.wrk.rps for t in throughput if t.target == REFERENCE and t.payload == "1k"), None
     )
     rates, note = fixed_rate_plan(args.fixed_rate, args.sweep, peak, args.connections)
     if not rates:
-        return note, []
+        return note, [], []
     binary = pacer.build(tmp, sup)
     samples = tmp / "samples.bin"
-    runs = []
+    runs: list[FixedRate] = []
+    rounds: list[list[FixedRate]] = []
     for rate in rates:
         phase = f"fixed rate {rate:,.0f}/s" if len(rates) > 1 else "fixed rate"
         for round_no in range(args.repeat):
+            rounds.append([])
             for target in targets:
                 try:
                     f = measure_fixed_rate(
@@ -768,13 +773,14 @@ def fixed_rate_phase(
                     log(f"bench: {target.name} {phase}: {exc}")
                     continue
                 runs.append(f)
+                rounds[-1].append(f)
                 p99 = f.result.latency.get("p99", float("nan"))
                 log(
                     f"bench: [{round_no + 1}/{args.repeat}] fixed {rate:,.0f}/s "
                     f"{target.name:<9} achieved {f.result.achieved_rate:,.0f}/s  "
                     f"p99 {p99 * 1e3:.2f} ms"
                 )
-    return note, best_fixed_rate(runs)
+    return note, best_fixed_rate(runs), rounds_at_rates(rounds)
 
 
 def _standard_notes(report: Report) -> list[str]:

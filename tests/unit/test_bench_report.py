@@ -28,6 +28,7 @@ from bench.report import (
     ratio,
     render,
     render_table,
+    rounds_at_rates,
     to_json,
 )
 from bench.stats import RateResult
@@ -487,3 +488,69 @@ def test_json_fixed_rate_entries_keep_their_rate_and_p99_added() -> None:
 
 def test_json_has_no_latency_vs_load_for_one_rate() -> None:
     assert to_json(_report())["latency_vs_load"] is None
+
+
+# --------------------------------------------------------------------------- rounds
+
+
+def _three_rounds() -> list[list[FixedRate]]:
+    """Three interleaved rounds at 30,000/s; the second had a stall on everything."""
+    rate = 30_000.0
+    return [
+        [_fixed("direct", 0.1e-3, rate=rate), _fixed("nginx", 1.4e-3, rate=rate),
+         _fixed("bluegreen", 1.9e-3, rate=rate)],
+        [_fixed("direct", 0.4e-3, rate=rate), _fixed("nginx", 14.0e-3, rate=rate),
+         _fixed("bluegreen", 3.5e-3, rate=rate)],
+        [_fixed("direct", 0.1e-3, rate=rate), _fixed("nginx", 1.8e-3, rate=rate),
+         _fixed("bluegreen", 1.3e-3, rate=rate, completed=10)],  # not valid: too few answered
+    ]  # fmt: skip
+
+
+def test_rounds_compare_each_run_with_direct_of_the_same_round() -> None:
+    nginx, bluegreen = rounds_at_rates(_three_rounds())
+    assert (nginx.target, nginx.rate) == ("nginx", 30_000.0)
+    assert nginx.added == pytest.approx((1.3e-3, 13.6e-3, 1.7e-3))
+    assert nginx.valid == (True, True, True)
+    assert nginx.within == 2
+    assert bluegreen.added == pytest.approx((1.8e-3, 3.1e-3, 1.2e-3))
+    assert bluegreen.valid == (True, True, False)
+    assert bluegreen.within == 1  # the third is within 2 ms but not valid
+
+
+def test_a_round_without_direct_is_never_within() -> None:
+    rounds = [[_fixed("nginx", 0.5e-3)], [_fixed("direct", 0.1e-3), _fixed("nginx", 0.5e-3)]]
+    (nginx,) = rounds_at_rates(rounds)
+    assert nginx.added == (None, pytest.approx(0.4e-3))
+    assert nginx.valid == (False, True)
+    assert nginx.within == 1
+
+
+def test_render_rounds_table_lists_every_round() -> None:
+    report = _report()
+    report.rounds = rounds_at_rates(_three_rounds())
+    lines = render(report).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Rounds within"))
+    assert "≤ 2.00 ms" in lines[start]
+    row = lines[start + 3]
+    assert row.startswith("30,000")
+    assert "2/3" in row
+    assert "1.30 ms, 13.60 ms, 1.70 ms" in row
+    assert "1/3" in row
+    assert "1.80 ms, 3.10 ms, 1.20 ms (not valid)" in row
+
+
+def test_no_rounds_table_with_one_round() -> None:
+    report = _report()
+    report.rounds = rounds_at_rates(_three_rounds()[:1])
+    assert "Rounds within" not in render(report)
+
+
+def test_json_rounds() -> None:
+    report = _report()
+    report.rounds = rounds_at_rates(_three_rounds())
+    data = json.loads(json.dumps(to_json(report)))
+    nginx, bluegreen = data["rounds"]
+    assert nginx["target"] == "nginx"
+    assert nginx["within_budget"] == 2
+    assert bluegreen["valid"] == [True, True, False]
+    assert bluegreen["p99_added_s"] == pytest.approx([1.8e-3, 3.1e-3, 1.2e-3])
