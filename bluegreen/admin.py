@@ -75,6 +75,7 @@ from bluegreen.errors import InvalidFieldError, StateConflictError, StateError
 from bluegreen.flags import FLAGS_HEADER, enabled_flags
 from bluegreen.metrics import DURATION_BUCKETS, ColourSnapshot, StatsSnapshot
 from bluegreen.routing import BASIS_POINTS, Colour, bp_to_percent, percent_to_bp
+from bluegreen.runtime import data_plane_build
 from bluegreen.state.model import (
     MAX_TEXT_CHARS,
     Flag,
@@ -581,7 +582,7 @@ async def _answer_write(
 async def healthz(request: web.Request) -> web.StreamResponse:
     """Alive: the process answers."""
     query_params(request, ())
-    return json_response({"status": "ok", "version": __version__})
+    return json_response({"status": "ok", "version": __version__, "data_plane": data_plane_build()})
 
 
 def readiness(ctx: AdminContext) -> tuple[bool, dict[str, dict[str, Any]]]:

@@ -89,8 +89,13 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     },
     "Health": {
         "type": "object",
-        "required": ["status", "version"],
-        "properties": {"status": {"const": "ok"}, "version": {"type": "string"}},
+        "required": ["status", "version", "data_plane"],
+        "properties": {
+            "status": {"const": "ok"},
+            "version": {"type": "string"},
+            # BLUEGREEN_COMPILE=1 builds the data plane with mypyc.
+            "data_plane": {"enum": ["compiled", "interpreted"]},
+        },
     },
     "Ready": {
         "type": "object",
