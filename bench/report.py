@@ -102,10 +102,13 @@ class LoadPoint:
 
     def within_budget(self, proxy: str) -> bool:
         """The proxy's p99 added is at most the budget, and both its run and direct's are valid."""
-        added = self.added.get(proxy)
-        if added is None or math.isnan(added):
-            return False
-        return added <= P99_ADDED_BUDGET_S and not {proxy, "direct"} & set(self.invalid)
+        valid = not {proxy, "direct"} & set(self.invalid)
+        return added_within_budget(self.added.get(proxy), valid=valid)
+
+
+def added_within_budget(added: float | None, *, valid: bool) -> bool:
+    """A p99 added (None or NaN: not measured) at most the budget, in valid runs."""
+    return valid and added is not None and not math.isnan(added) and added <= P99_ADDED_BUDGET_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +130,8 @@ class RoundsAtRate:
     def within(self) -> int:
         """Rounds whose p99 added is within the budget, in valid runs."""
         return sum(
-            1
+            added_within_budget(added, valid=ok)
             for added, ok in zip(self.added, self.valid, strict=True)
-            if ok and added is not None and added <= P99_ADDED_BUDGET_S
         )
 
 
@@ -304,13 +306,14 @@ def rounds_at_rates(rounds: Sequence[Sequence[FixedRate]]) -> list[RoundsAtRate]
     """
     per_key: dict[tuple[str, float], list[tuple[float | None, bool]]] = {}
     for round_runs in rounds:
+        direct = next((r for r in round_runs if r.target == "direct"), None)
+        direct_valid = direct is not None and not direct.result.problems
         for run in round_runs:
-            if run.target not in PROXIES:
-                continue
-            direct = next((r for r in round_runs if r.target == "direct"), None)
-            added = p99_added(run, round_runs)
-            ok = not run.result.problems and direct is not None and not direct.result.problems
-            per_key.setdefault((run.target, run.rate), []).append((added, ok))
+            if run.target in PROXIES:
+                ok = direct_valid and not run.result.problems
+                per_key.setdefault((run.target, run.rate), []).append(
+                    (p99_added(run, round_runs), ok)
+                )
     result = [
         RoundsAtRate(
             target=target,
