@@ -24,8 +24,18 @@ import pytest
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
+def _expect_compiled() -> bool:
+    return os.environ.get("BLUEGREEN_EXPECT_COMPILED") == "1"
+
+
+@pytest.fixture
+def expected_data_plane() -> str:
+    """The build this test run must import: ``compiled`` under BLUEGREEN_EXPECT_COMPILED=1."""
+    return "compiled" if _expect_compiled() else "interpreted"
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if os.environ.get("BLUEGREEN_EXPECT_COMPILED") != "1":
+    if not _expect_compiled():
         return
     from bluegreen import proxy
     from bluegreen.runtime import data_plane_build

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import types
 from importlib.machinery import EXTENSION_SUFFIXES
@@ -22,9 +21,8 @@ def _fake_module(monkeypatch: pytest.MonkeyPatch, name: str, file: str) -> None:
     monkeypatch.setitem(sys.modules, name, module)
 
 
-def test_this_test_run_imports_the_build_it_expects() -> None:
-    expected = "compiled" if os.environ.get("BLUEGREEN_EXPECT_COMPILED") == "1" else "interpreted"
-    assert data_plane_build() == expected
+def test_this_test_run_imports_the_build_it_expects(expected_data_plane: str) -> None:
+    assert data_plane_build() == expected_data_plane
 
 
 def test_compiled_only_when_every_data_plane_module_is_an_extension(
