@@ -205,7 +205,7 @@ def response_head(head: bytes, status: int) -> tuple[bytes, bool, bytes | None, 
         pieces = []
         prev = 0
     else:
-        first = status_line(status, head[13 : sl - 1])
+        first = status_line(status, _reason(head, sl))
         if not names:
             return first + head[sl + 1 :], False, None, None
         pieces = [first]
@@ -241,11 +241,18 @@ def response_head(head: bytes, status: int) -> tuple[bytes, bool, bytes | None, 
     return b"".join(pieces), has_length, te, upgrade
 
 
+def _reason(head: bytes, sl: int) -> bytes:
+    """The reason phrase of a status line ``HTTP/x.y NNN reason`` whose LF is at ``sl``."""
+    # Never a slice whose start passes its end ("HTTP/1.1 200\r\n"): compiled
+    # by mypyc (2.4), such a slice raises SystemError instead of giving b"".
+    return head[13 : sl - 1] if sl > 14 else b""
+
+
 def _response_head_slow(
     head: bytes, sl: int, status: int
 ) -> tuple[bytes, bool, bytes | None, bytes | None]:
     """:func:`response_head` line by line, as llhttp's per-header callbacks report them."""
-    lines = [status_line(status, head[13 : sl - 1])]
+    lines = [status_line(status, _reason(head, sl))]
     has_length = False
     te: bytes | None = None
     conn: bytes | None = None

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from importlib.machinery import EXTENSION_SUFFIXES
 
 # The modules BLUEGREEN_COMPILE=1 compiles (build_backend's COMPILED_MODULES, as module names).
-COMPILED_MODULES = ("bluegreen.proxy", "bluegreen.upstream")
+COMPILED_MODULES = ("bluegreen.proxy", "bluegreen.upstream", "bluegreen.http_head")
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
