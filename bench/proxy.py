@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from bench import bluegreen_target, idle, nginx, pacer
+from bench import bluegreen_target, idle, nginx, pacer, stalls
 from bench.procs import (
     CpuUsage,
     Placement,
@@ -53,6 +53,7 @@ from bench.report import (
     Throughput,
     best_fixed_rate,
     best_throughput,
+    host_stall_note,
     render,
     rounds_at_rates,
     to_json,
@@ -143,6 +144,17 @@ def _buffers(text: str) -> int | None:
     return int(text)
 
 
+def _probe_seconds(text: str) -> float:
+    """``--stall-probe``: seconds, 0 to skip, at most 60."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 (skip) to 60; got {text!r}")
+    return value
+
+
 def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
@@ -222,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the fixed-rate measurement at these fractions of nginx's 1k peak "
         "in this run (each 0 < F <= 1) and summarise latency vs load; needs nginx, "
         "the 1k payload and --fixed-rate not off",
+    )
+    p.add_argument(
+        "--stall-probe",
+        type=_probe_seconds,
+        default=None,
+        metavar="S",
+        help="before the fixed-rate runs, a busy loop on every CPU at once for S seconds "
+        "to measure how long the host takes a CPU away; 0 skips it (default 3; 1 with --quick)",
     )
     p.add_argument(
         "--idle-connections",
@@ -687,6 +707,11 @@ def run(args: argparse.Namespace, tmp: Path) -> Report:
                     f"{run_.target} {run_.payload}: {run_.wrk.errors} errors under load"
                 )
 
+        if args.stall_probe and args.fixed_rate != "off" and "1k" in args.only and targets:
+            report.host_stalls = measure_host_stalls(sup, cpus, args.stall_probe, report.failures)
+            stall_note = host_stall_note(report.host_stalls)
+            if stall_note:
+                report.notes.append(stall_note)
         report.fixed_rate_note, report.fixed_rate, report.rounds = fixed_rate_phase(
             sup,
             tmp,
@@ -727,6 +752,26 @@ def run(args: argparse.Namespace, tmp: Path) -> Report:
             )
     report.notes.extend(_standard_notes(report))
     return report
+
+
+def measure_host_stalls(
+    sup: Supervisor, cpus: Sequence[int], duration_s: float, failures: list[str]
+) -> list[stalls.CpuStalls]:
+    """The stall probe on every CPU at once, while no load runs; [] (and a failure) if it broke."""
+    on = ",".join(map(str, cpus))
+    log(f"bench: host stall probe, a busy loop on CPU {on} for {duration_s:g} s")
+    try:
+        found = stalls.measure(sup, cpus, duration_s, timeout_s=duration_s + 30)
+    except (RuntimeError, ValueError, TimeoutError) as exc:
+        failures.append(f"host stall probe: {exc}")
+        log(f"bench: host stall probe: {exc}")
+        return []
+    for cpu in found:
+        log(
+            f"bench: host stalls on CPU {cpu.cpu}: {cpu.gaps_over_1ms} gaps > 1 ms, "
+            f"longest {cpu.longest_s * 1e3:.2f} ms"
+        )
+    return found
 
 
 def fixed_rate_phase(
@@ -837,7 +882,8 @@ def _budget(args: argparse.Namespace) -> float:
     # At most one rate per sweep fraction plus the single --fixed-rate (fewer if equal).
     rates = 0 if args.fixed_rate == "off" else 1 + len(args.sweep)
     fixed_runs: int = rates * args.repeat * len(args.targets)
-    return 300.0 + per_run * (throughput_runs + fixed_runs)
+    probe = args.stall_probe + 30 if args.stall_probe and args.fixed_rate != "off" else 0.0
+    return 300.0 + per_run * (throughput_runs + fixed_runs) + probe
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -847,6 +893,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.duration = 3.0 if args.quick else 10.0
     if args.warmup is None:
         args.warmup = 1.0 if args.quick else 2.0
+    if args.stall_probe is None:
+        args.stall_probe = 1.0 if args.quick else 3.0
     if args.warmup < 0:
         log("bench: --warmup must not be negative")
         return EXIT_USAGE

@@ -9,6 +9,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from bench.stalls import CpuStalls
 from bench.stats import RateResult
 from bench.wrk import WrkResult, describe_errors
 
@@ -164,6 +165,7 @@ class Report:
     fixed_rate: list[FixedRate] = field(default_factory=list)
     fixed_rate_note: str = ""
     rounds: list[RoundsAtRate] = field(default_factory=list)
+    host_stalls: list[CpuStalls] = field(default_factory=list)  # empty: not probed
     memory: list[IdleMemory] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -574,6 +576,36 @@ def memory_rows(runs: Sequence[IdleMemory]) -> list[list[str]]:
     return rows
 
 
+def host_stall_rows(found: Sequence[CpuStalls]) -> list[list[str]]:
+    """Rows of the host-stall table, one per CPU probed."""
+    return [
+        [
+            "all" if c.cpu is None else str(c.cpu),
+            str(c.gaps_over_1ms),
+            fmt_time(c.lost_s),
+            fmt_time(c.longest_s),
+        ]
+        for c in found
+    ]
+
+
+HOST_STALL_HEADERS = ("CPU", "gaps > 1 ms", "time lost", "longest")
+
+
+def host_stall_note(found: Sequence[CpuStalls]) -> str | None:
+    """What a stall longer than the p99 budget means for the fixed-rate table, else None."""
+    longest = max((c.longest_s for c in found), default=0.0)
+    if longest < P99_ADDED_BUDGET_S:
+        return None
+    return (
+        f"host stalls: with every CPU busy, the machine took a CPU away for up to "
+        f"{fmt_time(longest)}, longer than the {fmt_time(P99_ADDED_BUDGET_S)} p99 budget. "
+        "A stall like that lands in any proxy's tail when it hits a busy moment, so p99 "
+        "added measures the host as much as the proxy here: read bluegreen's rounds next "
+        "to nginx's in the same run"
+    )
+
+
 MEMORY_HEADERS = (
     "target",
     "processes",
@@ -611,6 +643,14 @@ def render(report: Report) -> str:
             f"Rounds within the budget: p99 added ≤ {budget} over direct's run in the same round",
         ]
         out += render_table(ROUNDS_HEADERS, rounds_rows(report.rounds))
+    if report.host_stalls:
+        seconds = max(c.duration_s for c in report.host_stalls)
+        out += [
+            "",
+            f"Host stalls: a busy loop on every CPU at once for {seconds:.1f} s, before the "
+            "fixed-rate runs (gaps between two clock reads: time the loop did not run)",
+        ]
+        out += render_table(HOST_STALL_HEADERS, host_stall_rows(report.host_stalls))
     points = _latency_vs_load(report)
     if points:
         budget = fmt_time(P99_ADDED_BUDGET_S)
@@ -745,6 +785,17 @@ def to_json(report: Report) -> dict[str, object]:
             }
             for r in report.rounds
         ],
+        "host_stalls": [
+            {
+                "cpu": c.cpu,
+                "duration_s": c.duration_s,
+                "gaps_over_1ms": c.gaps_over_1ms,
+                "lost_s": c.lost_s,
+                "longest_s": c.longest_s,
+            }
+            for c in report.host_stalls
+        ]
+        or None,
         "memory": memory,
         "failures": list(report.failures),
         "notes": list(report.notes),

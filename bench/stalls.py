@@ -1,0 +1,100 @@
+"""How long the machine takes a CPU away while every CPU is busy: the host-stall probe.
+
+On a virtual machine the host may deschedule a vCPU for milliseconds. The
+guest's ``steal`` column does not always count it (on the Firecracker VM
+the figures in bench/README.md come from, it stayed at zero while a busy
+loop saw gaps of 2-8 ms). Such a stall lands in any proxy's tail, so the
+fixed-rate table's *p99 added* measures the host as well as the proxy.
+
+:func:`measure` runs one busy loop per CPU, all at once and each pinned to
+its CPU, for a few seconds; each loop reads the monotonic clock as fast as
+it can and records every gap between two reads over
+:data:`RECORD_THRESHOLD_S`. A gap that long in a loop doing nothing else is
+time the process was not running. The loop is ``bench/busyloop.py``, a
+script with no imports beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.procs import Supervisor, pinned
+
+COUNT_THRESHOLD_S = 0.001  # gaps the report counts
+BUSY_LOOP_SCRIPT = Path(__file__).with_name("busyloop.py")
+
+
+@dataclass(frozen=True)
+class CpuStalls:
+    """What the busy loop on one CPU saw."""
+
+    cpu: int | None  # None: not pinned
+    duration_s: float
+    gaps_s: tuple[float, ...]  # every gap over RECORD_THRESHOLD_S, in order
+
+    @property
+    def gaps_over_1ms(self) -> int:
+        return sum(1 for g in self.gaps_s if g > COUNT_THRESHOLD_S)
+
+    @property
+    def lost_s(self) -> float:
+        return sum(self.gaps_s)
+
+    @property
+    def longest_s(self) -> float:
+        return max(self.gaps_s, default=0.0)
+
+
+def parse_probe_output(text: str, cpu: int | None) -> CpuStalls:
+    """The probe's JSON line (``{"duration_s": ..., "gaps_s": [...]}``) as a CpuStalls."""
+    lines = text.strip().splitlines()
+    if not lines:
+        raise ValueError("the stall probe printed nothing")
+    try:
+        data = json.loads(lines[-1])
+        duration = float(data["duration_s"])
+        gaps = tuple(float(g) for g in data["gaps_s"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"the stall probe printed {lines[-1][:200]!r}: {exc}") from None
+    if duration <= 0 or any(g <= 0 for g in gaps):
+        raise ValueError(f"the stall probe printed impossible figures: {lines[-1][:200]!r}")
+    return CpuStalls(cpu, duration, gaps)
+
+
+def measure(
+    sup: Supervisor, cpus: Sequence[int] | None, duration_s: float, *, timeout_s: float
+) -> list[CpuStalls]:
+    """Run the probe on every CPU in ``cpus`` at once (one unpinned probe when None).
+
+    The probes are the supervisor's children (own process groups, stopped
+    on exit); one still running after ``timeout_s`` is stopped and the
+    measurement fails with TimeoutError.
+    """
+    argv = [sys.executable, str(BUSY_LOOP_SCRIPT), f"{duration_s:g}"]
+    started = []
+    for cpu in list(cpus) if cpus is not None else [None]:
+        name = f"stall-probe-{'all' if cpu is None else cpu}"
+        log_path = sup.log_dir / f"{name}.log"
+        log_path.unlink(missing_ok=True)  # the supervisor appends
+        proc = sup.start(name, pinned(argv, None if cpu is None else [cpu]))
+        started.append((cpu, log_path, proc))
+    deadline = time.monotonic() + timeout_s
+    results = []
+    for cpu, log_path, proc in started:
+        try:
+            code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for _, _, other in started:
+                sup.stop(other, grace=1.0)
+            raise TimeoutError(f"the stall probe did not finish within {timeout_s:g} s") from None
+        text = log_path.read_text(errors="replace")
+        if code != 0:
+            raise RuntimeError(f"the stall probe on CPU {cpu} exited with {code}: {text[-300:]}")
+        results.append(parse_probe_output(text, cpu))
+    return results
