@@ -1,14 +1,18 @@
-"""The stall probe's busy loop: ``python bench/busyloop.py SECONDS`` prints its gaps as JSON.
+"""The stall probe's busy loop: ``python bench/busyloop.py SECONDS [START]`` prints JSON.
 
 A script (standard library only), run pinned to one CPU by
-:func:`bench.stalls.measure`. It reads the monotonic clock as fast as it
+:func:`bench.stalls.measure`. From START (a ``time.monotonic()`` value,
+the same clock in every process, so that the probes on all CPUs loop at
+the same time; default: at once) it reads the monotonic clock as fast as it
 can for SECONDS and records every gap between two reads over
-:data:`RECORD_THRESHOLD_S`: time the process was not running.
+:data:`RECORD_THRESHOLD_S`: time the process was not running. It prints one
+JSON line: the time it looped, the gaps, and the CPUs it was allowed to run on.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -16,28 +20,38 @@ from collections.abc import Sequence
 RECORD_THRESHOLD_S = 0.0005  # gaps the probe records
 
 
-def busy_loop(duration_s: float) -> tuple[float, list[float]]:
-    """Read the clock for ``duration_s``; the elapsed time and every gap over the threshold."""
-    clock = time.perf_counter
+def busy_loop(duration_s: float, start_at: float | None = None) -> tuple[float, list[float]]:
+    """Read the clock from ``start_at`` for ``duration_s``; the time looped and every long gap.
+
+    ``start_at`` is a ``time.monotonic()`` value (None or already past: now);
+    until then the process sleeps.
+    """
+    clock = time.monotonic
+    threshold = RECORD_THRESHOLD_S  # a local: the loop looks up nothing global
     gaps: list[float] = []
+    if start_at is not None:
+        time.sleep(max(0.0, start_at - clock()))
     start = prev = clock()
     end = start + duration_s
+    # Allocation-free but for the floats the clock returns (no GC involved).
     while prev < end:
         now = clock()
-        if now - prev > RECORD_THRESHOLD_S:
+        if now - prev > threshold:
             gaps.append(now - prev)
         prev = now
     return prev - start, gaps
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python bench/busyloop.py SECONDS``: run the busy loop, print its gaps as JSON."""
-    if len(argv) != 1:
-        print("usage: python bench/busyloop.py SECONDS", file=sys.stderr)
+    """``python bench/busyloop.py SECONDS [START]``: run the busy loop, print its gaps as JSON."""
+    if len(argv) not in (1, 2):
+        print("usage: python bench/busyloop.py SECONDS [START]", file=sys.stderr)
         return 2
     duration = float(argv[0])
-    elapsed, gaps = busy_loop(duration)
-    print(json.dumps({"duration_s": elapsed, "gaps_s": gaps}))
+    start_at = float(argv[1]) if len(argv) == 2 else None
+    elapsed, gaps = busy_loop(duration, start_at)
+    cpus = sorted(os.sched_getaffinity(0))
+    print(json.dumps({"duration_s": elapsed, "gaps_s": gaps, "cpus": cpus}))
     return 0
 
 

@@ -53,7 +53,6 @@ from bench.report import (
     Throughput,
     best_fixed_rate,
     best_throughput,
-    host_stall_note,
     render,
     rounds_at_rates,
     to_json,
@@ -707,21 +706,25 @@ def run(args: argparse.Namespace, tmp: Path) -> Report:
                     f"{run_.target} {run_.payload}: {run_.wrk.errors} errors under load"
                 )
 
-        if args.stall_probe and args.fixed_rate != "off" and "1k" in args.only and targets:
-            report.host_stalls = measure_host_stalls(sup, cpus, args.stall_probe, report.failures)
-            stall_note = host_stall_note(report.host_stalls)
-            if stall_note:
-                report.notes.append(stall_note)
-        report.fixed_rate_note, report.fixed_rate, report.rounds = fixed_rate_phase(
-            sup,
-            tmp,
-            targets,
-            upstream.proc.pid,
-            report.throughput,
-            placement,
-            args,
-            report.failures,
-        )
+        rates, report.fixed_rate_note = fixed_rate_rates(args, report.throughput)
+        if rates and targets:
+            binary = pacer.build(tmp, sup)
+            if args.stall_probe:
+                # Right before the fixed-rate runs, while the targets are idle.
+                report.host_stalls = measure_host_stalls(
+                    sup, cpus, args.stall_probe, report.failures
+                )
+            report.fixed_rate, report.rounds = fixed_rate_phase(
+                sup,
+                binary,
+                tmp,
+                targets,
+                upstream.proc.pid,
+                rates,
+                placement,
+                args,
+                report.failures,
+            )
 
         if args.idle_connections > 0:
             for target in targets:
@@ -774,33 +777,37 @@ def measure_host_stalls(
     return found
 
 
+def fixed_rate_rates(
+    args: argparse.Namespace, throughput: Sequence[Throughput]
+) -> tuple[list[float], str]:
+    """The fixed-rate phase's rates (none: it does not run) and the line explaining them."""
+    if args.fixed_rate == "off":
+        return [], ""
+    if "1k" not in args.only:
+        return [], "  skipped: the fixed-rate runs use the 1k payload (add it to --only)"
+    peak = next(
+        (t.wrk.rps for t in throughput if t.target == REFERENCE and t.payload == "1k"), None
+    )
+    return fixed_rate_plan(args.fixed_rate, args.sweep, peak, args.connections)
+
+
 def fixed_rate_phase(
     sup: Supervisor,
+    binary: Path,
     tmp: Path,
     targets: Sequence[Target],
     upstream_pid: int,
-    throughput: Sequence[Throughput],
+    rates: Sequence[float],
     placement: Placement,
     args: argparse.Namespace,
     failures: list[str],
-) -> tuple[str, list[FixedRate], list[RoundsAtRate]]:
-    """Open-loop runs at the chosen rates: a one-line explanation, the best runs, every round.
+) -> tuple[list[FixedRate], list[RoundsAtRate]]:
+    """Open-loop runs at ``rates`` with the pacer ``binary``: the best runs, every round.
 
     Rates run one after another, ascending; at each rate ``--repeat`` rounds
     interleave the targets, and the best run per target and rate is kept;
     each round's p99 added (against direct's run of that round) is kept too.
     """
-    if args.fixed_rate == "off":
-        return "", [], []
-    if "1k" not in args.only:
-        return "  skipped: the fixed-rate runs use the 1k payload (add it to --only)", [], []
-    peak = next(
-        (t.wrk.rps for t in throughput if t.target == REFERENCE and t.payload == "1k"), None
-    )
-    rates, note = fixed_rate_plan(args.fixed_rate, args.sweep, peak, args.connections)
-    if not rates:
-        return note, [], []
-    binary = pacer.build(tmp, sup)
     samples = tmp / "samples.bin"
     runs: list[FixedRate] = []
     rounds: list[list[FixedRate]] = []
@@ -825,7 +832,7 @@ def fixed_rate_phase(
                     f"{target.name:<9} achieved {f.result.achieved_rate:,.0f}/s  "
                     f"p99 {p99 * 1e3:.2f} ms"
                 )
-    return note, best_fixed_rate(runs), rounds_at_rates(rounds)
+    return best_fixed_rate(runs), rounds_at_rates(rounds)
 
 
 def _standard_notes(report: Report) -> list[str]:

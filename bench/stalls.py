@@ -27,6 +27,9 @@ from pathlib import Path
 from bench.procs import Supervisor, pinned
 
 COUNT_THRESHOLD_S = 0.001  # gaps the report counts
+# From starting the probes to their common start: a Python interpreter starts in
+# about 20 ms here; a probe that starts later still loops its full duration.
+START_DELAY_S = 0.3
 BUSY_LOOP_SCRIPT = Path(__file__).with_name("busyloop.py")
 
 
@@ -44,7 +47,7 @@ class CpuStalls:
 
     @property
     def lost_s(self) -> float:
-        return sum(self.gaps_s)
+        return sum(self.gaps_s, 0.0)
 
     @property
     def longest_s(self) -> float:
@@ -52,7 +55,11 @@ class CpuStalls:
 
 
 def parse_probe_output(text: str, cpu: int | None) -> CpuStalls:
-    """The probe's JSON line (``{"duration_s": ..., "gaps_s": [...]}``) as a CpuStalls."""
+    """The probe's JSON line (``{"duration_s": ..., "gaps_s": [...], "cpus": [...]}``).
+
+    A probe meant for ``cpu`` that was allowed to run elsewhere was not
+    pinned, and its gaps would say nothing about that CPU: ValueError.
+    """
     lines = text.strip().splitlines()
     if not lines:
         raise ValueError("the stall probe printed nothing")
@@ -60,41 +67,61 @@ def parse_probe_output(text: str, cpu: int | None) -> CpuStalls:
         data = json.loads(lines[-1])
         duration = float(data["duration_s"])
         gaps = tuple(float(g) for g in data["gaps_s"])
+        ran_on = [int(c) for c in data["cpus"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"the stall probe printed {lines[-1][:200]!r}: {exc}") from None
     if duration <= 0 or any(g <= 0 for g in gaps):
         raise ValueError(f"the stall probe printed impossible figures: {lines[-1][:200]!r}")
+    if cpu is not None and ran_on != [cpu]:
+        raise ValueError(f"the stall probe for CPU {cpu} was allowed on CPUs {ran_on}: not pinned")
     return CpuStalls(cpu, duration, gaps)
 
 
 def measure(
-    sup: Supervisor, cpus: Sequence[int] | None, duration_s: float, *, timeout_s: float
+    sup: Supervisor,
+    cpus: Sequence[int] | None,
+    duration_s: float,
+    *,
+    timeout_s: float,
+    start_delay_s: float = START_DELAY_S,
 ) -> list[CpuStalls]:
     """Run the probe on every CPU in ``cpus`` at once (one unpinned probe when None).
 
-    The probes are the supervisor's children (own process groups, stopped
-    on exit); one still running after ``timeout_s`` is stopped and the
-    measurement fails with TimeoutError.
+    Every probe loops from the same instant, ``start_delay_s`` after they
+    were started (time for the interpreters to start), for ``duration_s``.
+    The probes are the supervisor's children (own process groups); all are
+    stopped and forgotten by it before this returns, also on failure. One
+    still running ``timeout_s`` after the start fails the measurement with
+    TimeoutError.
     """
-    argv = [sys.executable, str(BUSY_LOOP_SCRIPT), f"{duration_s:g}"]
-    started = []
-    for cpu in list(cpus) if cpus is not None else [None]:
-        name = f"stall-probe-{'all' if cpu is None else cpu}"
-        log_path = sup.log_dir / f"{name}.log"
-        log_path.unlink(missing_ok=True)  # the supervisor appends
-        proc = sup.start(name, pinned(argv, None if cpu is None else [cpu]))
-        started.append((cpu, log_path, proc))
-    deadline = time.monotonic() + timeout_s
-    results = []
-    for cpu, log_path, proc in started:
-        try:
-            code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for _, _, other in started:
-                sup.stop(other, grace=1.0)
-            raise TimeoutError(f"the stall probe did not finish within {timeout_s:g} s") from None
-        text = log_path.read_text(errors="replace")
-        if code != 0:
-            raise RuntimeError(f"the stall probe on CPU {cpu} exited with {code}: {text[-300:]}")
-        results.append(parse_probe_output(text, cpu))
-    return results
+    start_at = time.monotonic() + start_delay_s
+    argv = [sys.executable, str(BUSY_LOOP_SCRIPT), f"{duration_s:g}", repr(start_at)]
+    started: list[tuple[int | None, Path, subprocess.Popen[bytes]]] = []
+    try:
+        for cpu in list(cpus) if cpus is not None else [None]:
+            name = f"stall-probe-{'all' if cpu is None else cpu}"
+            log_path = sup.log_dir / f"{name}.log"
+            log_path.unlink(missing_ok=True)  # the supervisor appends
+            proc = sup.start(name, pinned(argv, None if cpu is None else [cpu]))
+            started.append((cpu, log_path, proc))
+        deadline = time.monotonic() + timeout_s
+        results = []
+        for cpu, log_path, proc in started:
+            try:
+                code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise TimeoutError(
+                    f"the stall probe did not finish within {timeout_s:g} s"
+                ) from None
+            text = log_path.read_text(errors="replace")
+            if code != 0:
+                raise RuntimeError(
+                    f"the stall probe on CPU {cpu} exited with {code}: {text[-300:]}"
+                )
+            results.append(parse_probe_output(text, cpu))
+        return results
+    finally:
+        # Finished or not, none stays on the supervisor's list: it would
+        # signal their (by then perhaps reused) process ids at exit.
+        for _, _, proc in started:
+            sup.stop(proc, grace=1.0)

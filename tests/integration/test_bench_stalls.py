@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import stalls
+from bench import procs, stalls
 from bench.busyloop import RECORD_THRESHOLD_S
 from bench.procs import Supervisor
 
@@ -42,7 +42,7 @@ def test_measure_runs_one_pinned_probe_per_cpu(tmp_path: Path) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     with Supervisor(tmp_path) as sup:
         found = stalls.measure(sup, cpus, 0.3, timeout_s=30)
-    assert [c.cpu for c in found] == cpus
+    assert [c.cpu for c in found] == cpus  # each pinned: parse_probe_output checks its CPUs
     for cpu in found:
         assert 0.3 <= cpu.duration_s < 5.0
         assert all(g > RECORD_THRESHOLD_S for g in cpu.gaps_s)
@@ -71,3 +71,26 @@ def test_measure_stops_a_probe_that_outlives_its_timeout(tmp_path: Path) -> None
             stalls.measure(sup, None, 29.5, timeout_s=0.2)
         assert time.monotonic() - started < 10
         assert _running_probes("29.5") == []
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)")
+def test_a_failed_probe_stops_the_others(tmp_path: Path) -> None:
+    cpu = min(os.sched_getaffinity(0))
+    with Supervisor(tmp_path) as sup:
+        started = time.monotonic()
+        # taskset refuses CPU 9999 at once; the probe on a real CPU would loop for 28.5 s.
+        with pytest.raises(RuntimeError, match="the stall probe on CPU 9999 exited with 1"):
+            stalls.measure(sup, [9999, cpu], 28.5, timeout_s=60)
+        assert time.monotonic() - started < 10
+        assert _running_probes("28.5") == []
+
+
+def test_measure_leaves_nothing_for_the_supervisor_to_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signalled: list[int] = []
+    with Supervisor(tmp_path) as sup:
+        stalls.measure(sup, None, 0.05, timeout_s=30)
+        # From here on, the supervisor's clean-up would signal the probes' old process ids.
+        monkeypatch.setattr(procs, "_killpg", lambda pgid, sig: signalled.append(pgid))
+    assert signalled == []

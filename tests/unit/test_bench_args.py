@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bench import proxy
+from bench.report import Throughput
+from bench.wrk import WrkResult
 
 
 def test_sweep_is_empty_by_default() -> None:
@@ -128,6 +130,34 @@ def test_plan_auto_sweep_without_peak_is_skipped_naming_both() -> None:
 def test_plan_tiny_fraction_never_offers_zero() -> None:
     rates, _ = proxy.fixed_rate_plan(5.0, [0.001], 100.0, 50)
     assert rates == [1.0, 5.0]
+
+
+def _nginx_1k(rps: float) -> Throughput:
+    wrk = WrkResult(
+        requests=round(rps * 10), elapsed_s=10.0, bytes_read=0, rps=rps,
+        p50_s=0.001, p75_s=0.001, p90_s=0.002, p99_s=0.002,
+    )  # fmt: skip
+    return Throughput("nginx", "1k", wrk, wall_s=10.0, proxy_cpu_s=5.0, upstream_cpu_s=2.0)
+
+
+def test_rates_of_the_run_take_nginx_1k_peak_from_its_throughput() -> None:
+    throughput = [_nginx_1k(30_000.0)]
+    rates, note = proxy.fixed_rate_rates(proxy.parse_args([]), throughput)
+    assert rates == [15_000.0]
+    assert "half of nginx's peak" in note
+
+
+def test_no_rates_when_off_or_without_1k_so_no_stall_probe_either() -> None:
+    throughput = [_nginx_1k(30_000.0)]
+    off = proxy.parse_args(["--fixed-rate", "off"])
+    assert proxy.fixed_rate_rates(off, throughput) == ([], "")
+    only_1m = proxy.parse_args(["--only", "1m", "--fixed-rate", "9000"])
+    assert proxy.fixed_rate_rates(only_1m, throughput) == (
+        [],
+        "  skipped: the fixed-rate runs use the 1k payload (add it to --only)",
+    )
+    no_peak = proxy.parse_args(["--targets", "direct,bluegreen"])
+    assert proxy.fixed_rate_rates(no_peak, [])[0] == []
 
 
 # --------------------------------------------------------------------------- time budget

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 
 from bench import busyloop, proxy
-from bench.report import Report, host_stall_note, render, to_json
+from bench.report import (
+    P99_ADDED_BUDGET_S,
+    FixedRate,
+    IdleMemory,
+    Report,
+    host_stall_note,
+    render,
+    to_json,
+)
 from bench.stalls import CpuStalls, parse_probe_output
+from bench.stats import RateResult
 
 
 def test_figures_count_only_gaps_over_one_ms() -> None:
@@ -21,11 +32,27 @@ def test_figures_count_only_gaps_over_one_ms() -> None:
 def test_no_gaps_is_zero_everywhere() -> None:
     cpu = CpuStalls(0, 3.0, ())
     assert (cpu.gaps_over_1ms, cpu.lost_s, cpu.longest_s) == (0, 0.0, 0.0)
+    assert isinstance(cpu.lost_s, float)  # JSON: 0.0, like the other seconds
+
+
+def _line(duration: object = 3.0001, gaps: object = (0.002, 0.0007), cpus: object = (1,)) -> str:
+    return json.dumps({"duration_s": duration, "gaps_s": gaps, "cpus": cpus})
 
 
 def test_parse_reads_the_last_json_line() -> None:
-    text = "some warning\n" + json.dumps({"duration_s": 3.0001, "gaps_s": [0.002, 0.0007]})
+    text = "some warning\n" + _line()
     assert parse_probe_output(text, 1) == CpuStalls(1, 3.0001, (0.002, 0.0007))
+
+
+def test_parse_refuses_a_probe_not_pinned_to_its_cpu() -> None:
+    with pytest.raises(ValueError, match=r"for CPU 1 was allowed on CPUs \[0, 1\]: not pinned"):
+        parse_probe_output(_line(cpus=[0, 1]), 1)
+    with pytest.raises(ValueError, match="not pinned"):
+        parse_probe_output(_line(cpus=[0]), 1)
+
+
+def test_parse_of_the_unpinned_probe_accepts_any_cpus() -> None:
+    assert parse_probe_output(_line(cpus=[0, 1]), None).cpu is None
 
 
 @pytest.mark.parametrize(
@@ -33,15 +60,16 @@ def test_parse_reads_the_last_json_line() -> None:
     [
         ("", "printed nothing"),
         ("Traceback (most recent call last):", "printed 'Traceback"),
-        (json.dumps({"gaps_s": []}), "duration_s"),
-        (json.dumps({"duration_s": 3, "gaps_s": None}), "printed"),
-        (json.dumps({"duration_s": 0, "gaps_s": []}), "impossible"),
-        (json.dumps({"duration_s": 3, "gaps_s": [-0.001]}), "impossible"),
+        (json.dumps({"gaps_s": [], "cpus": [0]}), "duration_s"),
+        (json.dumps({"duration_s": 3, "gaps_s": []}), "cpus"),
+        (_line(gaps=None), "printed"),
+        (_line(duration=0), "impossible"),
+        (_line(gaps=[-0.001]), "impossible"),
     ],
 )
 def test_parse_refuses_what_the_probe_cannot_have_printed(text: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
-        parse_probe_output(text, 0)
+        parse_probe_output(text, 1)
 
 
 def test_busy_loop_runs_for_its_duration_and_keeps_only_long_gaps() -> None:
@@ -50,41 +78,117 @@ def test_busy_loop_runs_for_its_duration_and_keeps_only_long_gaps() -> None:
     assert all(g > busyloop.RECORD_THRESHOLD_S for g in gaps)
 
 
+def test_busy_loop_waits_for_its_start_then_loops_its_duration() -> None:
+    before = time.monotonic()
+    elapsed, gaps = busyloop.busy_loop(0.05, before + 0.2)
+    after = time.monotonic()
+    assert 0.05 <= elapsed < 0.5
+    assert after - before >= 0.25  # the sleep until the start is not in elapsed
+    assert all(g < 0.1 for g in gaps)  # nor among the gaps
+
+
+def test_busy_loop_started_late_still_loops_its_duration() -> None:
+    elapsed, _ = busyloop.busy_loop(0.05, time.monotonic() - 10)
+    assert 0.05 <= elapsed < 0.5
+
+
+def test_busy_loop_script_prints_its_cpus(capsys: pytest.CaptureFixture[str]) -> None:
+    assert busyloop.main(["0.01", repr(time.monotonic())]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["cpus"] == sorted(os.sched_getaffinity(0))
+    assert data["duration_s"] >= 0.01
+
+
 def test_busy_loop_script_refuses_a_missing_duration(capsys: pytest.CaptureFixture[str]) -> None:
     assert busyloop.main([]) == 2
-    assert "usage: python bench/busyloop.py SECONDS" in capsys.readouterr().err
+    assert "usage: python bench/busyloop.py SECONDS [START]" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- report
 
 
 def test_note_only_when_a_stall_reaches_the_budget() -> None:
-    assert host_stall_note([CpuStalls(0, 3.0, (0.0019,)), CpuStalls(1, 3.0, ())]) is None
-    note = host_stall_note([CpuStalls(0, 3.0, (0.0019,)), CpuStalls(1, 3.0, (0.0068,))])
-    assert note is not None
-    assert "up to 6.80 ms" in note
-    assert "2.00 ms p99 budget" in note
+    below = P99_ADDED_BUDGET_S - 0.0001
+    assert host_stall_note([CpuStalls(0, 3.0, (below,)), CpuStalls(1, 3.0, ())]) is None
     assert host_stall_note([]) is None
+    assert host_stall_note([CpuStalls(0, 3.0, (P99_ADDED_BUDGET_S,))]) is not None
+    note = host_stall_note([CpuStalls(0, 3.0, (below,)), CpuStalls(1, 3.0, (0.0068,))])
+    assert note is not None
+    assert note.startswith("the host took a CPU away for up to 6.80 ms while every CPU was busy")
+    assert "the p99 budget is 2.00 ms" in note
+    assert "measure the host as much as the proxy" in note
+    assert note.endswith("read them next to nginx's rounds in this same run")
 
 
-def test_render_shows_one_row_per_cpu() -> None:
-    report = Report(host_stalls=[CpuStalls(0, 3.0, (0.0011, 0.004)), CpuStalls(1, 3.0, ())])
-    lines = render(report).splitlines()
+def _fixed(target: str) -> FixedRate:
+    result = RateResult(
+        target_rate=1000.0,
+        window_s=3.0,
+        released=3000,
+        completed=3000,
+        completed_in_window=3000,
+        errors=0,
+        unanswered=0,
+        latency={"p50": 50e-6, "p90": 80e-6, "p99": 0.001, "p99.9": 0.002, "max": 0.003},
+        lag={"p99": 20e-6},
+        completed_total=3300,
+    )
+    return FixedRate(target, "1k", result, proxy_cpu_s=None if target == "direct" else 0.1)
+
+
+def _stalled_report(longest: float) -> Report:
+    return Report(
+        fixed_rate=[_fixed("direct"), _fixed("nginx"), _fixed("bluegreen")],
+        fixed_rate_note="  1k at 1,000 req/s, 50 connections",
+        host_stalls=[CpuStalls(0, 3.0, (0.0011, longest)), CpuStalls(1, 3.0, ())],
+        memory=[IdleMemory("nginx", 2, 14 * 2**20, 15 * 2**20, 1000, 1000)],
+    )
+
+
+def test_render_shows_one_row_per_cpu_before_the_fixed_rate_runs() -> None:
+    lines = render(_stalled_report(0.004)).splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Host stalls:"))
-    assert "every CPU at once for 3.0 s" in lines[start]
-    assert lines[start + 1].split() == ["CPU", "gaps", ">", "1", "ms", "time", "lost", "longest"]
+    assert "every CPU busy at once for 3.0 s before the fixed-rate runs" in lines[start]
+    assert lines[start + 1].split() == (
+        ["CPU", "gaps", ">", "1", "ms", "lost", "in", "gaps", ">", "0.5", "ms", "longest", "gap"]
+    )
     assert lines[start + 3].split() == ["0", "2", "5.10", "ms", "4.00", "ms"]
     assert lines[start + 4].split() == ["1", "0", "0", "µs", "0", "µs"]
+    assert lines[start + 5] == ""
+    assert lines[start + 6].startswith("Latency at a fixed rate")
+
+
+def test_render_puts_the_note_under_the_fixed_rate_table() -> None:
+    lines = render(_stalled_report(0.0045)).splitlines()
+    table = next(i for i, line in enumerate(lines) if line.startswith("Latency at a fixed rate"))
+    # Title, rate line, header, rule, direct, nginx, bluegreen: then the note.
+    assert lines[table + 6].split()[:2] == ["1k", "bluegreen"]
+    note = lines[table + 7]
+    assert note.startswith("  host stalls: the host took a CPU away for up to 4.50 ms")
+    assert lines[table + 8] == ""
+    assert sum("took a CPU away" in line for line in lines) == 1  # not repeated in the notes
+
+
+def test_render_has_no_note_when_the_stalls_stay_below_the_budget() -> None:
+    text = render(_stalled_report(0.0015))
+    assert "Host stalls:" in text
+    assert "took a CPU away" not in text
 
 
 def test_render_has_no_section_when_not_probed() -> None:
-    assert "Host stalls" not in render(Report())
+    report = _stalled_report(0.004)
+    report.host_stalls = []
+    text = render(report)
+    assert "Host stalls" not in text
+    assert "took a CPU away" not in text
 
 
 def test_json_carries_the_figures_or_null() -> None:
-    assert to_json(Report())["host_stalls"] is None
+    skipped = to_json(Report())
+    assert skipped["host_stalls"] is None
+    assert skipped["host_stall_note"] is None
     data = to_json(Report(host_stalls=[CpuStalls(1, 3.0, (0.0005001, 0.003))]))
-    json.dumps(data)
+    json.dumps(data, allow_nan=False)
     assert data["host_stalls"] == [
         {
             "cpu": 1,
@@ -94,6 +198,17 @@ def test_json_carries_the_figures_or_null() -> None:
             "longest_s": 0.003,
         }
     ]
+
+
+def test_json_note_only_with_fixed_rate_runs_and_a_long_stall() -> None:
+    note = to_json(_stalled_report(0.0045))["host_stall_note"]
+    assert isinstance(note, str)
+    assert note.startswith("the host took a CPU away for up to 4.50 ms")
+    assert to_json(_stalled_report(0.0015))["host_stall_note"] is None
+    no_runs = _stalled_report(0.0045)
+    no_runs.fixed_rate = []
+    assert to_json(no_runs)["host_stall_note"] is None
+    assert to_json(no_runs)["notes"] == []
 
 
 # --------------------------------------------------------------------------- option
