@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="S",
         help="before the fixed-rate runs, a busy loop on every CPU at once for S seconds "
-        "to measure how long the host takes a CPU away; 0 skips it (default 3; 1 with --quick)",
+        "to measure how long the machine takes a CPU away; 0 skips it (default 3; 1 with --quick)",
     )
     p.add_argument(
         "--idle-connections",
@@ -711,9 +711,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Report:
             binary = pacer.build(tmp, sup)
             if args.stall_probe:
                 # Right before the fixed-rate runs, while the targets are idle.
-                report.host_stalls = measure_host_stalls(
-                    sup, cpus, args.stall_probe, report.failures
-                )
+                report.cpu_stalls = measure_cpu_stalls(sup, cpus, args.stall_probe, report.failures)
             report.fixed_rate, report.rounds = fixed_rate_phase(
                 sup,
                 binary,
@@ -757,21 +755,21 @@ def run(args: argparse.Namespace, tmp: Path) -> Report:
     return report
 
 
-def measure_host_stalls(
+def measure_cpu_stalls(
     sup: Supervisor, cpus: Sequence[int], duration_s: float, failures: list[str]
 ) -> list[stalls.CpuStalls]:
     """The stall probe on every CPU at once, while no load runs; [] (and a failure) if it broke."""
     on = ",".join(map(str, cpus))
-    log(f"bench: host stall probe, a busy loop on CPU {on} for {duration_s:g} s")
+    log(f"bench: CPU stall probe, a busy loop on CPU {on} for {duration_s:g} s")
     try:
         found = stalls.measure(sup, cpus, duration_s, timeout_s=duration_s + 30)
     except (RuntimeError, ValueError, TimeoutError) as exc:
-        failures.append(f"host stall probe: {exc}")
-        log(f"bench: host stall probe: {exc}")
+        failures.append(f"CPU stall probe: {exc}")
+        log(f"bench: CPU stall probe: {exc}")
         return []
     for cpu in found:
         log(
-            f"bench: host stalls on CPU {cpu.cpu}: {cpu.gaps_over_1ms} gaps > 1 ms, "
+            f"bench: stalls on CPU {cpu.cpu}: {cpu.gaps_over_1ms} gaps > 1 ms, "
             f"longest {cpu.longest_s * 1e3:.2f} ms"
         )
     return found

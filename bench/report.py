@@ -165,7 +165,7 @@ class Report:
     fixed_rate: list[FixedRate] = field(default_factory=list)
     fixed_rate_note: str = ""
     rounds: list[RoundsAtRate] = field(default_factory=list)
-    host_stalls: list[CpuStalls] = field(default_factory=list)  # empty: not probed
+    cpu_stalls: list[CpuStalls] = field(default_factory=list)  # empty: not probed
     memory: list[IdleMemory] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -576,8 +576,8 @@ def memory_rows(runs: Sequence[IdleMemory]) -> list[list[str]]:
     return rows
 
 
-def host_stall_rows(found: Sequence[CpuStalls]) -> list[list[str]]:
-    """Rows of the host-stall table, one per CPU probed."""
+def cpu_stall_rows(found: Sequence[CpuStalls]) -> list[list[str]]:
+    """Rows of the CPU-stall table, one per CPU probed."""
     return [
         [
             "all" if c.cpu is None else str(c.cpu),
@@ -589,18 +589,18 @@ def host_stall_rows(found: Sequence[CpuStalls]) -> list[list[str]]:
     ]
 
 
-HOST_STALL_HEADERS = ("CPU", "gaps > 1 ms", "lost in gaps > 0.5 ms", "longest gap")
+CPU_STALL_HEADERS = ("CPU", "gaps > 1 ms", "lost in gaps > 0.5 ms", "longest gap")
 
 
-def host_stall_note(found: Sequence[CpuStalls]) -> str | None:
+def cpu_stall_note(found: Sequence[CpuStalls]) -> str | None:
     """What a stall as long as the p99 budget means for the fixed-rate figures, else None."""
     longest = max((c.longest_s for c in found), default=0.0)
     if longest < P99_ADDED_BUDGET_S:
         return None
     return (
-        f"the host took a CPU away for up to {fmt_time(longest)} while every CPU was busy "
-        f"(host stalls above; the p99 budget is {fmt_time(P99_ADDED_BUDGET_S)}). A stall "
-        "like that lands in any proxy's tail, so these p99 added figures measure the host "
+        f"the machine took a CPU away for up to {fmt_time(longest)} while every CPU was busy "
+        f"(CPU stalls above; the p99 budget is {fmt_time(P99_ADDED_BUDGET_S)}). A stall "
+        "like that lands in any proxy's tail, so these p99 added figures measure the machine "
         "as much as the proxy: read them next to nginx's rounds in this same run"
     )
 
@@ -625,15 +625,15 @@ def render(report: Report) -> str:
     if report.throughput:
         out += ["", "Throughput: closed loop (wrk --latency), keep-alive"]
         out += render_table(THROUGHPUT_HEADERS, throughput_rows(report.throughput))
-    if report.host_stalls:
-        seconds = max(c.duration_s for c in report.host_stalls)
+    if report.cpu_stalls:
+        seconds = max(c.duration_s for c in report.cpu_stalls)
         out += [
             "",
-            f"Host stalls: every CPU busy at once for {seconds:.1f} s before the fixed-rate "
+            f"CPU stalls: every CPU busy at once for {seconds:.1f} s before the fixed-rate "
             "runs (a busy loop pinned to each CPU; a gap between two of its clock reads is "
-            "time it did not run)",
+            "time it did not run: the host or another task had the CPU)",
         ]
-        out += render_table(HOST_STALL_HEADERS, host_stall_rows(report.host_stalls))
+        out += render_table(CPU_STALL_HEADERS, cpu_stall_rows(report.cpu_stalls))
     if report.fixed_rate or report.fixed_rate_note:
         out += ["", "Latency at a fixed rate: open loop (bench/pacer.c)"]
         if report.fixed_rate_note:
@@ -644,9 +644,9 @@ def render(report: Report) -> str:
             for run in report.fixed_rate:
                 who = f"{run.target} at {fmt_rate(run.rate)}/s" if several else run.target
                 out += [f"  {who}: not valid: {p}" for p in run.result.problems]
-            stall_note = host_stall_note(report.host_stalls)
+            stall_note = cpu_stall_note(report.cpu_stalls)
             if stall_note:
-                out.append(f"  host stalls: {stall_note}")
+                out.append(f"  CPU stalls: {stall_note}")
     if any(len(r.added) > 1 for r in report.rounds):
         budget = fmt_time(P99_ADDED_BUDGET_S)
         out += [
@@ -788,7 +788,7 @@ def to_json(report: Report) -> dict[str, object]:
             }
             for r in report.rounds
         ],
-        "host_stalls": [
+        "cpu_stalls": [
             {
                 "cpu": c.cpu,
                 "duration_s": c.duration_s,
@@ -796,10 +796,10 @@ def to_json(report: Report) -> dict[str, object]:
                 "lost_s": c.lost_s,
                 "longest_s": c.longest_s,
             }
-            for c in report.host_stalls
+            for c in report.cpu_stalls
         ]
         or None,
-        "host_stall_note": host_stall_note(report.host_stalls) if report.fixed_rate else None,
+        "cpu_stall_note": cpu_stall_note(report.cpu_stalls) if report.fixed_rate else None,
         "memory": memory,
         "failures": list(report.failures),
         "notes": list(report.notes),

@@ -1,10 +1,12 @@
-"""How long the machine takes a CPU away while every CPU is busy: the host-stall probe.
+"""How long the machine takes a CPU away while every CPU is busy: the CPU-stall probe.
 
-On a virtual machine the host may deschedule a vCPU for milliseconds. The
-guest's ``steal`` column does not always count it (on the Firecracker VM
-the figures in bench/README.md come from, it stayed at zero while a busy
-loop saw gaps of 2-8 ms). Such a stall lands in any proxy's tail, so the
-fixed-rate table's *p99 added* measures the host as well as the proxy.
+A busy CPU still loses milliseconds at a time: to other programs and
+kernel threads scheduled on it (on the VM the figures in bench/README.md
+come from: the kernel's DAMON pageout thread every 500 ms, RCU, kworkers,
+the sandbox's own services), and on a virtual machine to the host
+descheduling the vCPU, which the guest's ``steal`` column may not count.
+Such a stall lands in any proxy's tail, so the fixed-rate table's *p99
+added* measures the machine as well as the proxy.
 
 :func:`measure` runs one busy loop per CPU, all at once and each pinned to
 its CPU, for a few seconds; each loop reads the monotonic clock as fast as

@@ -1,4 +1,4 @@
-"""bench.stalls and bench.busyloop: the host-stall probe's output, figures and report."""
+"""bench.stalls and bench.busyloop: the CPU-stall probe's output, figures and report."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from bench.report import (
     FixedRate,
     IdleMemory,
     Report,
-    host_stall_note,
+    cpu_stall_note,
     render,
     to_json,
 )
@@ -109,14 +109,14 @@ def test_busy_loop_script_refuses_a_missing_duration(capsys: pytest.CaptureFixtu
 
 def test_note_only_when_a_stall_reaches_the_budget() -> None:
     below = P99_ADDED_BUDGET_S - 0.0001
-    assert host_stall_note([CpuStalls(0, 3.0, (below,)), CpuStalls(1, 3.0, ())]) is None
-    assert host_stall_note([]) is None
-    assert host_stall_note([CpuStalls(0, 3.0, (P99_ADDED_BUDGET_S,))]) is not None
-    note = host_stall_note([CpuStalls(0, 3.0, (below,)), CpuStalls(1, 3.0, (0.0068,))])
+    assert cpu_stall_note([CpuStalls(0, 3.0, (below,)), CpuStalls(1, 3.0, ())]) is None
+    assert cpu_stall_note([]) is None
+    assert cpu_stall_note([CpuStalls(0, 3.0, (P99_ADDED_BUDGET_S,))]) is not None
+    note = cpu_stall_note([CpuStalls(0, 3.0, (below,)), CpuStalls(1, 3.0, (0.0068,))])
     assert note is not None
-    assert note.startswith("the host took a CPU away for up to 6.80 ms while every CPU was busy")
+    assert note.startswith("the machine took a CPU away for up to 6.80 ms while every CPU was busy")
     assert "the p99 budget is 2.00 ms" in note
-    assert "measure the host as much as the proxy" in note
+    assert "measure the machine as much as the proxy" in note
     assert note.endswith("read them next to nginx's rounds in this same run")
 
 
@@ -140,14 +140,14 @@ def _stalled_report(longest: float) -> Report:
     return Report(
         fixed_rate=[_fixed("direct"), _fixed("nginx"), _fixed("bluegreen")],
         fixed_rate_note="  1k at 1,000 req/s, 50 connections",
-        host_stalls=[CpuStalls(0, 3.0, (0.0011, longest)), CpuStalls(1, 3.0, ())],
+        cpu_stalls=[CpuStalls(0, 3.0, (0.0011, longest)), CpuStalls(1, 3.0, ())],
         memory=[IdleMemory("nginx", 2, 14 * 2**20, 15 * 2**20, 1000, 1000)],
     )
 
 
 def test_render_shows_one_row_per_cpu_before_the_fixed_rate_runs() -> None:
     lines = render(_stalled_report(0.004)).splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("Host stalls:"))
+    start = next(i for i, line in enumerate(lines) if line.startswith("CPU stalls:"))
     assert "every CPU busy at once for 3.0 s before the fixed-rate runs" in lines[start]
     assert lines[start + 1].split() == (
         ["CPU", "gaps", ">", "1", "ms", "lost", "in", "gaps", ">", "0.5", "ms", "longest", "gap"]
@@ -164,32 +164,32 @@ def test_render_puts_the_note_under_the_fixed_rate_table() -> None:
     # Title, rate line, header, rule, direct, nginx, bluegreen: then the note.
     assert lines[table + 6].split()[:2] == ["1k", "bluegreen"]
     note = lines[table + 7]
-    assert note.startswith("  host stalls: the host took a CPU away for up to 4.50 ms")
+    assert note.startswith("  CPU stalls: the machine took a CPU away for up to 4.50 ms")
     assert lines[table + 8] == ""
     assert sum("took a CPU away" in line for line in lines) == 1  # not repeated in the notes
 
 
 def test_render_has_no_note_when_the_stalls_stay_below_the_budget() -> None:
     text = render(_stalled_report(0.0015))
-    assert "Host stalls:" in text
+    assert "CPU stalls:" in text
     assert "took a CPU away" not in text
 
 
 def test_render_has_no_section_when_not_probed() -> None:
     report = _stalled_report(0.004)
-    report.host_stalls = []
+    report.cpu_stalls = []
     text = render(report)
-    assert "Host stalls" not in text
+    assert "CPU stalls" not in text
     assert "took a CPU away" not in text
 
 
 def test_json_carries_the_figures_or_null() -> None:
     skipped = to_json(Report())
-    assert skipped["host_stalls"] is None
-    assert skipped["host_stall_note"] is None
-    data = to_json(Report(host_stalls=[CpuStalls(1, 3.0, (0.0005001, 0.003))]))
+    assert skipped["cpu_stalls"] is None
+    assert skipped["cpu_stall_note"] is None
+    data = to_json(Report(cpu_stalls=[CpuStalls(1, 3.0, (0.0005001, 0.003))]))
     json.dumps(data, allow_nan=False)
-    assert data["host_stalls"] == [
+    assert data["cpu_stalls"] == [
         {
             "cpu": 1,
             "duration_s": 3.0,
@@ -201,13 +201,13 @@ def test_json_carries_the_figures_or_null() -> None:
 
 
 def test_json_note_only_with_fixed_rate_runs_and_a_long_stall() -> None:
-    note = to_json(_stalled_report(0.0045))["host_stall_note"]
+    note = to_json(_stalled_report(0.0045))["cpu_stall_note"]
     assert isinstance(note, str)
-    assert note.startswith("the host took a CPU away for up to 4.50 ms")
-    assert to_json(_stalled_report(0.0015))["host_stall_note"] is None
+    assert note.startswith("the machine took a CPU away for up to 4.50 ms")
+    assert to_json(_stalled_report(0.0015))["cpu_stall_note"] is None
     no_runs = _stalled_report(0.0045)
     no_runs.fixed_rate = []
-    assert to_json(no_runs)["host_stall_note"] is None
+    assert to_json(no_runs)["cpu_stall_note"] is None
     assert to_json(no_runs)["notes"] == []
 
 
