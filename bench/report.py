@@ -583,13 +583,20 @@ def cpu_stall_rows(found: Sequence[CpuStalls]) -> list[list[str]]:
             "all" if c.cpu is None else str(c.cpu),
             str(c.gaps_over_1ms),
             fmt_time(c.lost_s),
+            "-" if c.behind_tasks_s is None else fmt_time(c.behind_tasks_s),
             fmt_time(c.longest_s),
         ]
         for c in found
     ]
 
 
-CPU_STALL_HEADERS = ("CPU", "gaps > 1 ms", "lost in gaps > 0.5 ms", "longest gap")
+CPU_STALL_HEADERS = (
+    "CPU",
+    "gaps > 1 ms",
+    "lost in gaps > 0.5 ms",
+    "of it behind other tasks",
+    "longest gap",
+)
 
 
 def cpu_stall_note(found: Sequence[CpuStalls]) -> str | None:
@@ -631,7 +638,8 @@ def render(report: Report) -> str:
             "",
             f"CPU stalls: every CPU busy at once for {seconds:.1f} s before the fixed-rate "
             "runs (a busy loop pinned to each CPU; a gap between two of its clock reads is "
-            "time it did not run: the host or another task had the CPU)",
+            "time it did not run: another task had the CPU — the kernel's run delay says how "
+            "long — or the host had the vCPU)",
         ]
         out += render_table(CPU_STALL_HEADERS, cpu_stall_rows(report.cpu_stalls))
     if report.fixed_rate or report.fixed_rate_note:
@@ -795,6 +803,7 @@ def to_json(report: Report) -> dict[str, object]:
                 "gaps_over_1ms": c.gaps_over_1ms,
                 "lost_s": c.lost_s,
                 "longest_s": c.longest_s,
+                "behind_other_tasks_s": c.behind_tasks_s,
             }
             for c in report.cpu_stalls
         ]

@@ -42,6 +42,8 @@ class CpuStalls:
     cpu: int | None  # None: not pinned
     duration_s: float
     gaps_s: tuple[float, ...]  # every gap over RECORD_THRESHOLD_S, in order
+    # Per gap, the time runnable but waiting for the CPU (None: the kernel did not say).
+    waited_s: tuple[float, ...] | None = None
 
     @property
     def gaps_over_1ms(self) -> int:
@@ -55,9 +57,16 @@ class CpuStalls:
     def longest_s(self) -> float:
         return max(self.gaps_s, default=0.0)
 
+    @property
+    def behind_tasks_s(self) -> float | None:
+        """Of :attr:`lost_s`, the time another task had the CPU (the rest: the host had it)."""
+        if self.waited_s is None:
+            return None
+        return sum((min(g, w) for g, w in zip(self.gaps_s, self.waited_s, strict=True)), 0.0)
+
 
 def parse_probe_output(text: str, cpu: int | None) -> CpuStalls:
-    """The probe's JSON line (``{"duration_s": ..., "gaps_s": [...], "cpus": [...]}``).
+    """The probe's JSON line (``{"duration_s", "gaps_s", "waited_s", "cpus"}``).
 
     A probe meant for ``cpu`` that was allowed to run elsewhere was not
     pinned, and its gaps would say nothing about that CPU: ValueError.
@@ -70,13 +79,16 @@ def parse_probe_output(text: str, cpu: int | None) -> CpuStalls:
         duration = float(data["duration_s"])
         gaps = tuple(float(g) for g in data["gaps_s"])
         ran_on = [int(c) for c in data["cpus"]]
+        waited_raw = data.get("waited_s")
+        waited = None if waited_raw is None else tuple(float(w) for w in waited_raw)
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"the stall probe printed {lines[-1][:200]!r}: {exc}") from None
-    if duration <= 0 or any(g <= 0 for g in gaps):
+    bad_waits = waited is not None and (len(waited) != len(gaps) or any(w < 0 for w in waited))
+    if duration <= 0 or any(g <= 0 for g in gaps) or bad_waits:
         raise ValueError(f"the stall probe printed impossible figures: {lines[-1][:200]!r}")
     if cpu is not None and ran_on != [cpu]:
         raise ValueError(f"the stall probe for CPU {cpu} was allowed on CPUs {ran_on}: not pinned")
-    return CpuStalls(cpu, duration, gaps)
+    return CpuStalls(cpu, duration, gaps, waited)
 
 
 def measure(

@@ -94,3 +94,30 @@ def test_measure_leaves_nothing_for_the_supervisor_to_signal(
         # From here on, the supervisor's clean-up would signal the probes' old process ids.
         monkeypatch.setattr(procs, "_killpg", lambda pgid, sig: signalled.append(pgid))
     assert signalled == []
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)")
+def test_a_task_sharing_the_cpu_shows_as_time_behind_other_tasks() -> None:
+    cpu = str(sorted(os.sched_getaffinity(0))[-1])
+    hog = subprocess.Popen(
+        ["taskset", "-c", cpu, sys.executable, "-c", "while True: pass"],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        out = subprocess.run(
+            ["taskset", "-c", cpu, sys.executable, str(stalls.BUSY_LOOP_SCRIPT), "0.5"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    finally:
+        hog.kill()
+        hog.wait()
+    found = stalls.parse_probe_output(out, int(cpu))
+    if found.behind_tasks_s is None:
+        pytest.skip("this kernel does not report run delay (/proc/thread-self/schedstat)")
+    # Two busy tasks on one CPU take turns: about half the time is gaps, nearly
+    # all of them spent runnable behind the other task.
+    assert found.lost_s > 0.1
+    assert found.behind_tasks_s > 0.8 * found.lost_s

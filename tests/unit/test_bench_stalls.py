@@ -44,6 +44,29 @@ def test_parse_reads_the_last_json_line() -> None:
     assert parse_probe_output(text, 1) == CpuStalls(1, 3.0001, (0.002, 0.0007))
 
 
+def test_parse_keeps_the_waits_and_splits_the_lost_time() -> None:
+    line = json.dumps(
+        {"duration_s": 3.0, "gaps_s": [0.004, 0.002], "waited_s": [0.0039, 0.0], "cpus": [1]}
+    )
+    found = parse_probe_output(line, 1)
+    assert found.waited_s == (0.0039, 0.0)
+    assert found.behind_tasks_s == pytest.approx(0.0039)  # the other 2.1 ms: the host
+
+
+def test_behind_tasks_never_exceeds_the_gap_and_is_unknown_without_waits() -> None:
+    assert CpuStalls(0, 3.0, (0.002,), (0.0025,)).behind_tasks_s == 0.002
+    assert CpuStalls(0, 3.0, (0.002,)).behind_tasks_s is None
+
+
+def test_run_delay_is_read_from_the_kernel_or_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    delay = busyloop.run_delay_s()
+    assert delay is None or delay >= 0
+    monkeypatch.setattr(busyloop, "SCHEDSTAT", "/nonexistent/schedstat")
+    assert busyloop.run_delay_s() is None
+    _, _, waits = busyloop.busy_loop(0.01)
+    assert waits is None
+
+
 def test_parse_refuses_a_probe_not_pinned_to_its_cpu() -> None:
     with pytest.raises(ValueError, match=r"for CPU 1 was allowed on CPUs \[0, 1\]: not pinned"):
         parse_probe_output(_line(cpus=[0, 1]), 1)
@@ -65,6 +88,8 @@ def test_parse_of_the_unpinned_probe_accepts_any_cpus() -> None:
         (_line(gaps=None), "printed"),
         (_line(duration=0), "impossible"),
         (_line(gaps=[-0.001]), "impossible"),
+        (json.dumps({"duration_s": 3, "gaps_s": [0.002], "waited_s": [], "cpus": [1]}), "impos"),
+        (json.dumps({"duration_s": 3, "gaps_s": [0.002], "waited_s": [-1], "cpus": [1]}), "impos"),
     ],
 )
 def test_parse_refuses_what_the_probe_cannot_have_printed(text: str, problem: str) -> None:
@@ -73,14 +98,15 @@ def test_parse_refuses_what_the_probe_cannot_have_printed(text: str, problem: st
 
 
 def test_busy_loop_runs_for_its_duration_and_keeps_only_long_gaps() -> None:
-    elapsed, gaps = busyloop.busy_loop(0.05)
+    elapsed, gaps, waits = busyloop.busy_loop(0.05)
     assert 0.05 <= elapsed < 1.0
     assert all(g > busyloop.RECORD_THRESHOLD_S for g in gaps)
+    assert waits is None or len(waits) == len(gaps)
 
 
 def test_busy_loop_waits_for_its_start_then_loops_its_duration() -> None:
     before = time.monotonic()
-    elapsed, gaps = busyloop.busy_loop(0.05, before + 0.2)
+    elapsed, gaps, _ = busyloop.busy_loop(0.05, before + 0.2)
     after = time.monotonic()
     assert 0.05 <= elapsed < 0.5
     assert after - before >= 0.25  # the sleep until the start is not in elapsed
@@ -88,7 +114,7 @@ def test_busy_loop_waits_for_its_start_then_loops_its_duration() -> None:
 
 
 def test_busy_loop_started_late_still_loops_its_duration() -> None:
-    elapsed, _ = busyloop.busy_loop(0.05, time.monotonic() - 10)
+    elapsed, _, _ = busyloop.busy_loop(0.05, time.monotonic() - 10)
     assert 0.05 <= elapsed < 0.5
 
 
@@ -140,7 +166,10 @@ def _stalled_report(longest: float) -> Report:
     return Report(
         fixed_rate=[_fixed("direct"), _fixed("nginx"), _fixed("bluegreen")],
         fixed_rate_note="  1k at 1,000 req/s, 50 connections",
-        cpu_stalls=[CpuStalls(0, 3.0, (0.0011, longest)), CpuStalls(1, 3.0, ())],
+        cpu_stalls=[
+            CpuStalls(0, 3.0, (0.0011, longest), (0.0011, 0.0)),
+            CpuStalls(1, 3.0, ()),
+        ],
         memory=[IdleMemory("nginx", 2, 14 * 2**20, 15 * 2**20, 1000, 1000)],
     )
 
@@ -149,11 +178,10 @@ def test_render_shows_one_row_per_cpu_before_the_fixed_rate_runs() -> None:
     lines = render(_stalled_report(0.004)).splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("CPU stalls:"))
     assert "every CPU busy at once for 3.0 s before the fixed-rate runs" in lines[start]
-    assert lines[start + 1].split() == (
-        ["CPU", "gaps", ">", "1", "ms", "lost", "in", "gaps", ">", "0.5", "ms", "longest", "gap"]
-    )
-    assert lines[start + 3].split() == ["0", "2", "5.10", "ms", "4.00", "ms"]
-    assert lines[start + 4].split() == ["1", "0", "0", "µs", "0", "µs"]
+    header = " ".join(lines[start + 1].split())
+    assert header == "CPU gaps > 1 ms lost in gaps > 0.5 ms of it behind other tasks longest gap"
+    assert lines[start + 3].split() == ["0", "2", "5.10", "ms", "1.10", "ms", "4.00", "ms"]
+    assert lines[start + 4].split() == ["1", "0", "0", "µs", "-", "0", "µs"]  # waits unknown
     assert lines[start + 5] == ""
     assert lines[start + 6].startswith("Latency at a fixed rate")
 
@@ -187,7 +215,7 @@ def test_json_carries_the_figures_or_null() -> None:
     skipped = to_json(Report())
     assert skipped["cpu_stalls"] is None
     assert skipped["cpu_stall_note"] is None
-    data = to_json(Report(cpu_stalls=[CpuStalls(1, 3.0, (0.0005001, 0.003))]))
+    data = to_json(Report(cpu_stalls=[CpuStalls(1, 3.0, (0.0005001, 0.003), (0.0, 0.003))]))
     json.dumps(data, allow_nan=False)
     assert data["cpu_stalls"] == [
         {
@@ -196,6 +224,7 @@ def test_json_carries_the_figures_or_null() -> None:
             "gaps_over_1ms": 1,
             "lost_s": pytest.approx(0.0035001),
             "longest_s": 0.003,
+            "behind_other_tasks_s": 0.003,
         }
     ]
 
