@@ -1,4 +1,7 @@
-"""bench.stalls and bench.busyloop: the CPU-stall probe's output, figures and report."""
+"""bench.stalls and bench.busyloop: the CPU-stall probe, its output and its option.
+
+How the report shows the stalls is in test_bench_report.py.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +12,7 @@ import time
 import pytest
 
 from bench import busyloop, proxy
-from bench.report import (
-    P99_ADDED_BUDGET_S,
-    FixedRate,
-    IdleMemory,
-    Report,
-    cpu_stall_note,
-    render,
-    to_json,
-)
 from bench.stalls import CpuStalls, parse_probe_output
-from bench.stats import RateResult
 
 
 def test_figures_count_only_gaps_over_one_ms() -> None:
@@ -131,113 +124,6 @@ def test_busy_loop_script_refuses_a_missing_duration(capsys: pytest.CaptureFixtu
 
 
 # --------------------------------------------------------------------------- report
-
-
-def test_note_only_when_a_stall_reaches_the_budget() -> None:
-    below = P99_ADDED_BUDGET_S - 0.0001
-    assert cpu_stall_note([CpuStalls(0, 3.0, (below,)), CpuStalls(1, 3.0, ())]) is None
-    assert cpu_stall_note([]) is None
-    assert cpu_stall_note([CpuStalls(0, 3.0, (P99_ADDED_BUDGET_S,))]) is not None
-    note = cpu_stall_note([CpuStalls(0, 3.0, (below,)), CpuStalls(1, 3.0, (0.0068,))])
-    assert note is not None
-    assert note.startswith("the machine took a CPU away for up to 6.80 ms while every CPU was busy")
-    assert "the p99 budget is 2.00 ms" in note
-    assert "measure the machine as much as the proxy" in note
-    assert note.endswith("read them next to nginx's rounds in this same run")
-
-
-def _fixed(target: str) -> FixedRate:
-    result = RateResult(
-        target_rate=1000.0,
-        window_s=3.0,
-        released=3000,
-        completed=3000,
-        completed_in_window=3000,
-        errors=0,
-        unanswered=0,
-        latency={"p50": 50e-6, "p90": 80e-6, "p99": 0.001, "p99.9": 0.002, "max": 0.003},
-        lag={"p99": 20e-6},
-        completed_total=3300,
-    )
-    return FixedRate(target, "1k", result, proxy_cpu_s=None if target == "direct" else 0.1)
-
-
-def _stalled_report(longest: float) -> Report:
-    return Report(
-        fixed_rate=[_fixed("direct"), _fixed("nginx"), _fixed("bluegreen")],
-        fixed_rate_note="  1k at 1,000 req/s, 50 connections",
-        cpu_stalls=[
-            CpuStalls(0, 3.0, (0.0011, longest), (0.0011, 0.0)),
-            CpuStalls(1, 3.0, ()),
-        ],
-        memory=[IdleMemory("nginx", 2, 14 * 2**20, 15 * 2**20, 1000, 1000)],
-    )
-
-
-def test_render_shows_one_row_per_cpu_before_the_fixed_rate_runs() -> None:
-    lines = render(_stalled_report(0.004)).splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("CPU stalls:"))
-    assert "every CPU busy at once for 3.0 s before the fixed-rate runs" in lines[start]
-    header = " ".join(lines[start + 1].split())
-    assert header == "CPU gaps > 1 ms lost in gaps > 0.5 ms of it behind other tasks longest gap"
-    assert lines[start + 3].split() == ["0", "2", "5.10", "ms", "1.10", "ms", "4.00", "ms"]
-    assert lines[start + 4].split() == ["1", "0", "0", "µs", "-", "0", "µs"]  # waits unknown
-    assert lines[start + 5] == ""
-    assert lines[start + 6].startswith("Latency at a fixed rate")
-
-
-def test_render_puts_the_note_under_the_fixed_rate_table() -> None:
-    lines = render(_stalled_report(0.0045)).splitlines()
-    table = next(i for i, line in enumerate(lines) if line.startswith("Latency at a fixed rate"))
-    # Title, rate line, header, rule, direct, nginx, bluegreen: then the note.
-    assert lines[table + 6].split()[:2] == ["1k", "bluegreen"]
-    note = lines[table + 7]
-    assert note.startswith("  CPU stalls: the machine took a CPU away for up to 4.50 ms")
-    assert lines[table + 8] == ""
-    assert sum("took a CPU away" in line for line in lines) == 1  # not repeated in the notes
-
-
-def test_render_has_no_note_when_the_stalls_stay_below_the_budget() -> None:
-    text = render(_stalled_report(0.0015))
-    assert "CPU stalls:" in text
-    assert "took a CPU away" not in text
-
-
-def test_render_has_no_section_when_not_probed() -> None:
-    report = _stalled_report(0.004)
-    report.cpu_stalls = []
-    text = render(report)
-    assert "CPU stalls" not in text
-    assert "took a CPU away" not in text
-
-
-def test_json_carries_the_figures_or_null() -> None:
-    skipped = to_json(Report())
-    assert skipped["cpu_stalls"] is None
-    assert skipped["cpu_stall_note"] is None
-    data = to_json(Report(cpu_stalls=[CpuStalls(1, 3.0, (0.0005001, 0.003), (0.0, 0.003))]))
-    json.dumps(data, allow_nan=False)
-    assert data["cpu_stalls"] == [
-        {
-            "cpu": 1,
-            "duration_s": 3.0,
-            "gaps_over_1ms": 1,
-            "lost_s": pytest.approx(0.0035001),
-            "longest_s": 0.003,
-            "behind_other_tasks_s": 0.003,
-        }
-    ]
-
-
-def test_json_note_only_with_fixed_rate_runs_and_a_long_stall() -> None:
-    note = to_json(_stalled_report(0.0045))["cpu_stall_note"]
-    assert isinstance(note, str)
-    assert note.startswith("the machine took a CPU away for up to 4.50 ms")
-    assert to_json(_stalled_report(0.0015))["cpu_stall_note"] is None
-    no_runs = _stalled_report(0.0045)
-    no_runs.fixed_rate = []
-    assert to_json(no_runs)["cpu_stall_note"] is None
-    assert to_json(no_runs)["notes"] == []
 
 
 # --------------------------------------------------------------------------- option
