@@ -46,7 +46,7 @@ def busy_loop(
     clock = time.monotonic
     threshold = RECORD_THRESHOLD_S  # a local: the loop looks up nothing global
     gaps: list[float] = []
-    waits: list[float] | None = []
+    waits: list[float] = []
     if start_at is not None:
         time.sleep(max(0.0, start_at - clock()))
     delay = run_delay_s()
@@ -57,11 +57,12 @@ def busy_loop(
         now = clock()
         if now - prev > threshold:
             gaps.append(now - prev)
-            if delay is not None and waits is not None:
+            if delay is not None:
                 # Read after the gap (~10 µs, far under the threshold).
                 later = run_delay_s()
-                waits.append(later - delay if later is not None else 0.0)
-                delay = later
+                if later is not None:
+                    waits.append(later - delay)
+                delay = later  # unreadable from now on: no waits at all
             now = clock()
         prev = now
     return prev - start, gaps, (waits if delay is not None else None)
